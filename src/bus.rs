@@ -1,0 +1,116 @@
+//! The cross-core bus: the only way anything crosses from one core to another.
+//!
+//! Each core has one inbox: a lock-free crossbeam `SegQueue` plus an `AtomicWaker` for the core's bus
+//! task. A sender pushes a message (a publish is a pointer to the shared, already-encoded frame) and
+//! wakes the target core only if it was not already notified, so a burst of publishes costs one wake-up.
+//! Messages from one core to another arrive in the order they were sent, which is what keeps delivery
+//! order per (publisher, topic).
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+
+/// Most cores one gateway can run (interest sets are `u64` bitmasks).
+pub const MAX_CORES: usize = 64;
+/// Messages handled before the bus task yields to the sessions on its core.
+const DRAIN_BUDGET: usize = 512;
+
+/// What cores send each other.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// Deliver this frame to the local subscribers of `topic`.
+    Publish { topic: Arc<str>, frame: Bytes },
+    /// Core `from` now has (`on`) or no longer has local subscribers of `topic`. `gen` numbers the
+    /// announcement so its confirmation can be matched.
+    Interest {
+        topic: Arc<str>,
+        from: usize,
+        on: bool,
+        gen: u64,
+    },
+    /// The sender has recorded the `Interest` announcement `gen` for `topic`.
+    InterestAck { topic: Arc<str>, gen: u64 },
+    /// Stop accepting, close sessions with 1001 and exit.
+    Shutdown,
+}
+
+struct Inbox {
+    queue: SegQueue<BusMsg>,
+    waker: AtomicWaker,
+    notified: AtomicBool,
+}
+
+/// All cores' inboxes; shared by every core through an `Arc`.
+pub struct Bus {
+    inboxes: Box<[Inbox]>,
+}
+
+impl Bus {
+    pub fn new(cores: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inboxes: (0..cores)
+                .map(|_| Inbox {
+                    queue: SegQueue::new(),
+                    waker: AtomicWaker::new(),
+                    notified: AtomicBool::new(false),
+                })
+                .collect(),
+        })
+    }
+
+    pub fn cores(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Queue `msg` for core `to` and wake it if it is not already awake.
+    pub fn send(&self, to: usize, msg: BusMsg) {
+        let Some(inbox) = self.inboxes.get(to) else {
+            return;
+        };
+        inbox.queue.push(msg);
+        if !inbox.notified.swap(true, Ordering::AcqRel) {
+            inbox.waker.wake();
+        }
+    }
+
+    /// Send to every core but `from`.
+    pub fn broadcast(&self, from: usize, mut make: impl FnMut() -> BusMsg) {
+        for to in (0..self.cores()).filter(|&c| c != from) {
+            self.send(to, make());
+        }
+    }
+
+    /// Messages waiting for core `me` (for stats).
+    pub fn depth(&self, me: usize) -> usize {
+        self.inboxes.get(me).map_or(0, |i| i.queue.len())
+    }
+
+    /// Core `me`'s bus loop: hand every message to `handle` until it returns `false`.
+    pub async fn run(&self, me: usize, mut handle: impl FnMut(BusMsg) -> bool) {
+        let Some(inbox) = self.inboxes.get(me) else {
+            return;
+        };
+        poll_fn(|cx| {
+            inbox.waker.register(cx.waker());
+            inbox.notified.store(false, Ordering::Release);
+            for _ in 0..DRAIN_BUDGET {
+                match inbox.queue.pop() {
+                    Some(msg) => {
+                        if !handle(msg) {
+                            return Poll::Ready(());
+                        }
+                    }
+                    None => return Poll::Pending,
+                }
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
+    }
+}

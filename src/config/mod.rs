@@ -1,0 +1,414 @@
+//! Typed configuration: the TOML file (`examples/wsgate.toml` documents every key), CLI overrides merged
+//! in [`Config::apply`], and [`Config::validate`], whose errors name the offending key.
+//!
+//! Every field has a default, so an empty file (or none) is the zero-config gateway: ws on
+//! 127.0.0.1:8080, wss on 127.0.0.1:8443 with a self-signed certificate, one core per CPU.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Configuration errors; each names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Which io driver each core uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll (logged per core).
+    #[default]
+    Auto,
+    /// io_uring only; start fails if it cannot be set up.
+    Uring,
+    /// epoll only (the fallback driver).
+    Epoll,
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Worker threads, one monoio runtime each; 0 means one per available CPU.
+    pub cores: usize,
+    /// io driver: "auto", "uring" or "epoll".
+    pub driver: DriverChoice,
+    /// Pin worker `i` to CPU `i` (modulo the CPUs available).
+    pub pin_cores: bool,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub routes: RoutesConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Listen addresses; "off" disables a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain WebSocket (and HTTP) listener.
+    pub ws: String,
+    /// TLS listener.
+    pub wss: String,
+    /// listen(2) backlog of each core's socket.
+    pub backlog: u32,
+}
+
+/// Certificate and key for the wss listener; both absent means a self-signed certificate is generated.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// Request paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Protocol v1 pub/sub sessions.
+    pub pubsub: String,
+    /// Echo sessions (conformance and benchmarks); may be "/".
+    pub echo: String,
+    /// Plain HTTP health check answering 200 "ok".
+    pub health: String,
+}
+
+/// Limits that protect the gateway and its other clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message accepted (after reassembly); larger -> close 1009.
+    pub max_message_size: usize,
+    /// Bytes a session may have queued for sending; a subscriber beyond this is closed with 1008.
+    pub max_outbound_bytes: usize,
+    /// Topics one session may be subscribed to at once.
+    pub max_subscriptions: usize,
+    /// Longest topic name in bytes.
+    pub max_topic_len: usize,
+    /// Open connections allowed per gateway (split evenly across cores); more are closed at accept.
+    /// 0 = derived from the process's open-file limit (raised to its hard limit at start).
+    pub max_connections: usize,
+    /// Time allowed for a client to send complete HTTP request headers.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for the TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
+    /// Time allowed for the WebSocket close handshake and final flush.
+    pub close_timeout_ms: u64,
+    /// On shutdown, how long sessions get to close before the gateway stops anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cores: 0,
+            driver: DriverChoice::Auto,
+            pin_cores: true,
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            routes: RoutesConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            ws: "127.0.0.1:8080".into(),
+            wss: "127.0.0.1:8443".into(),
+            backlog: 4096,
+        }
+    }
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self {
+            pubsub: "/ws".into(),
+            echo: "/echo".into(),
+            health: "/healthz".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1 << 20,
+            max_outbound_bytes: 1 << 20,
+            max_subscriptions: 1024,
+            max_topic_len: 256,
+            max_connections: 0,
+            header_read_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            close_timeout_ms: 3_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Command-line values that override the file (`None` = keep the file's value).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub ws: Option<String>,
+    pub wss: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub cores: Option<usize>,
+    pub driver: Option<DriverChoice>,
+    pub pubsub_path: Option<String>,
+    pub echo_path: Option<String>,
+}
+
+impl Config {
+    /// Parse a TOML document; unknown keys are errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Read and parse a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Merge command-line overrides (the one place where flags beat the file).
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.ws {
+            self.listen.ws = v;
+        }
+        if let Some(v) = o.wss {
+            self.listen.wss = v;
+        }
+        if let Some(v) = o.cert {
+            self.tls.cert = Some(v);
+        }
+        if let Some(v) = o.key {
+            self.tls.key = Some(v);
+        }
+        if let Some(v) = o.cores {
+            self.cores = v;
+        }
+        if let Some(v) = o.driver {
+            self.driver = v;
+        }
+        if let Some(v) = o.pubsub_path {
+            self.routes.pubsub = v;
+        }
+        if let Some(v) = o.echo_path {
+            self.routes.echo = v;
+        }
+    }
+
+    /// Check every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cores > crate::bus::MAX_CORES {
+            return Err(invalid(
+                "cores",
+                format!("at most {} cores are supported", crate::bus::MAX_CORES),
+            ));
+        }
+        let ws = parse_listen("listen.ws", &self.listen.ws)?;
+        let wss = parse_listen("listen.wss", &self.listen.wss)?;
+        if ws.is_none() && wss.is_none() {
+            return Err(invalid(
+                "listen",
+                "both listeners are off; enable ws or wss",
+            ));
+        }
+        if let (Some(a), Some(b)) = (ws, wss) {
+            if a == b && a.port() != 0 {
+                return Err(invalid(
+                    "listen.wss",
+                    format!("same address as listen.ws ({a})"),
+                ));
+            }
+        }
+        if self.listen.backlog == 0 {
+            return Err(invalid("listen.backlog", "must be at least 1"));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set but tls.key is not"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"))
+            }
+            _ => {}
+        }
+        let r = &self.routes;
+        for (key, path) in [
+            ("routes.pubsub", &r.pubsub),
+            ("routes.echo", &r.echo),
+            ("routes.health", &r.health),
+        ] {
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(invalid(
+                    key,
+                    format!("`{path}` is not an absolute path like /ws"),
+                ));
+            }
+        }
+        if r.pubsub == r.echo || r.pubsub == r.health || r.echo == r.health {
+            return Err(invalid(
+                "routes",
+                "pubsub, echo and health paths must differ",
+            ));
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_message_size", l.max_message_size as u64),
+            ("limits.max_outbound_bytes", l.max_outbound_bytes as u64),
+            ("limits.max_subscriptions", l.max_subscriptions as u64),
+            ("limits.max_topic_len", l.max_topic_len as u64),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            (
+                "limits.tls_handshake_timeout_ms",
+                l.tls_handshake_timeout_ms,
+            ),
+            ("limits.close_timeout_ms", l.close_timeout_ms),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_message_size > (1 << 30) {
+            return Err(invalid("limits.max_message_size", "must be at most 1 GiB"));
+        }
+        Ok(())
+    }
+
+    /// The plain listener address (`None` when "off"). Call after `validate`.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.ws", &self.listen.ws).ok().flatten()
+    }
+
+    /// The TLS listener address (`None` when "off"). Call after `validate`.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.wss", &self.listen.wss).ok().flatten()
+    }
+
+    /// Worker count with 0 resolved to the CPUs available.
+    pub fn effective_cores(&self) -> usize {
+        if self.cores == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(crate::bus::MAX_CORES)
+        } else {
+            self.cores
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an address like 127.0.0.1:8080 or [::1]:8080, or \"off\""),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key.to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_zero_config() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.ws_addr(), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.wss_addr(), Some("127.0.0.1:8443".parse().unwrap()));
+        assert!(c.effective_cores() >= 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e =
+            Config::from_toml("[limits]\nmax_mesage_size = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_mesage_size"), "{e}");
+        let c = Config::from_toml("[listen]\nws = \"nope\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "listen.ws");
+        let c = Config::from_toml("[tls]\ncert = \"a.pem\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "tls.key");
+        let c = Config::from_toml("[routes]\necho = \"echo\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "routes.echo");
+        let c = Config::from_toml("[limits]\nmax_message_size = 0\n", Path::new("x.toml")).unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "limits.max_message_size");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let mut c = Config::from_toml(
+            "cores = 3\n[listen]\nws = \"127.0.0.1:1\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.apply(Overrides {
+            ws: Some("off".into()),
+            cores: Some(1),
+            echo_path: Some("/".into()),
+            ..Default::default()
+        });
+        c.validate().unwrap();
+        assert_eq!(
+            (c.ws_addr(), c.cores, c.routes.echo.as_str()),
+            (None, 1, "/")
+        );
+    }
+}

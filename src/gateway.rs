@@ -1,0 +1,245 @@
+//! The embeddable gateway: build from a [`Config`], start the cores, read the bound addresses and
+//! stats, shut down. The `wsgate` binary is a thin CLI over this.
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::{Config, ConfigError};
+use crate::stats::{CoreSnapshot, CoreStats, DriverKind};
+use crate::tls::{self, TlsError};
+use crate::worker::{run_core, CoreSpec};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start core {core}: {message}")]
+    Core { core: usize, message: String },
+}
+
+/// File descriptors kept free for listeners, the io driver and logging.
+const FD_RESERVE: u64 = 64;
+
+/// A running gateway. Dropping it shuts it down (close 1001 to every session) and joins its cores.
+pub struct Gateway {
+    ws: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+    bus: Arc<Bus>,
+    stats: Vec<Arc<CoreStats>>,
+    drivers: Vec<DriverKind>,
+    threads: Vec<JoinHandle<()>>,
+    self_signed_pem: Option<String>,
+    fd_limit: Option<u64>,
+}
+
+/// A cloneable handle that stops the gateway from anywhere (signal handlers, other threads).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Bus>);
+
+impl ShutdownHandle {
+    /// Ask every core to stop accepting, close its sessions with 1001 and exit.
+    pub fn shutdown(&self) {
+        for core in 0..self.0.cores() {
+            self.0.send(core, BusMsg::Shutdown);
+        }
+    }
+}
+
+impl Gateway {
+    /// Validate `config`, bind the listeners and start one thread per core. Returns once every core is
+    /// accepting.
+    pub fn start(mut config: Config) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let cores = config.effective_cores();
+        let fd_limit = raise_fd_limit();
+        if config.limits.max_connections == 0 {
+            let derived = fd_limit.map_or(10_000, |l| l.saturating_sub(FD_RESERVE).max(1));
+            config.limits.max_connections = derived as usize;
+        } else if let Some(limit) = fd_limit {
+            if config.limits.max_connections as u64 + FD_RESERVE > limit {
+                tracing::warn!(
+                    max_connections = config.limits.max_connections,
+                    open_file_limit = limit,
+                    "limits.max_connections exceeds the open-file limit; connections beyond it will fail at accept"
+                );
+            }
+        }
+        let (ws_addr, wss_addr) = (config.ws_addr(), config.wss_addr());
+        let tls = match wss_addr {
+            None => None,
+            Some(_) => Some(match (&config.tls.cert, &config.tls.key) {
+                (Some(c), Some(k)) => tls::from_files(c, k)?,
+                _ => tls::self_signed()?,
+            }),
+        };
+        let bind = |key,
+                    addr: Option<SocketAddr>|
+         -> Result<Vec<Option<std::net::TcpListener>>, StartError> {
+            match addr {
+                None => Ok((0..cores).map(|_| None).collect()),
+                Some(addr) => crate::listener::bind_reuseport(addr, cores, config.listen.backlog)
+                    .map(|v| v.into_iter().map(Some).collect())
+                    .map_err(|source| StartError::Bind { key, addr, source }),
+            }
+        };
+        let ws = bind("listen.ws", ws_addr)?;
+        let wss = bind("listen.wss", wss_addr)?;
+        let local = |v: &[Option<std::net::TcpListener>]| {
+            v.first()
+                .and_then(|l| l.as_ref())
+                .and_then(|l| l.local_addr().ok())
+        };
+        let (ws_bound, wss_bound) = (local(&ws), local(&wss));
+
+        let bus = Bus::new(cores);
+        let stats: Vec<Arc<CoreStats>> = (0..cores).map(|_| Arc::default()).collect();
+        let config = Arc::new(config);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(cores);
+        for (idx, (ws, wss)) in ws.into_iter().zip(wss).enumerate() {
+            let spec = CoreSpec {
+                idx,
+                config: config.clone(),
+                ws,
+                wss,
+                tls: tls.as_ref().map(|t| t.config.clone()),
+                bus: bus.clone(),
+                stats: stats[idx].clone(),
+                ready: ready_tx.clone(),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("wsgate-core-{idx}"))
+                .spawn(move || run_core(spec))
+                .map_err(|e| StartError::Core {
+                    core: idx,
+                    message: e.to_string(),
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut gw = Gateway {
+            ws: ws_bound,
+            wss: wss_bound,
+            bus,
+            stats,
+            drivers: Vec::with_capacity(cores),
+            threads,
+            self_signed_pem: tls.and_then(|t| t.self_signed_pem),
+            fd_limit,
+        };
+        for core in 0..cores {
+            match ready_rx.recv() {
+                Ok(Ok(d)) => gw.drivers.push(d),
+                Ok(Err(message)) => return Err(StartError::Core { core, message }),
+                Err(_) => {
+                    return Err(StartError::Core {
+                        core,
+                        message: "core thread exited during start".into(),
+                    })
+                }
+            }
+        }
+        Ok(gw)
+    }
+
+    /// Address of the ws:// listener, if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws
+    }
+
+    /// Address of the wss:// listener, if enabled.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss
+    }
+
+    /// PEM of the generated certificate, when no certificate was configured.
+    pub fn self_signed_cert_pem(&self) -> Option<&str> {
+        self.self_signed_pem.as_deref()
+    }
+
+    /// The driver each core got (index = core).
+    pub fn drivers(&self) -> Vec<DriverKind> {
+        self.stats.iter().filter_map(|s| s.driver()).collect()
+    }
+
+    /// The process's open-file limit after start (raised to the hard limit).
+    pub fn fd_limit(&self) -> Option<u64> {
+        self.fd_limit
+    }
+
+    /// Counters of every core.
+    pub fn stats(&self) -> Vec<CoreSnapshot> {
+        self.stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| CoreSnapshot::of(i, s))
+            .collect()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.bus.clone())
+    }
+
+    /// Stop gracefully and wait for every core to finish.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Block until the gateway stops (after a `ShutdownHandle::shutdown`).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shutdown_handle().shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit; returns the resulting soft limit.
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass by valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}

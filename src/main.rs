@@ -1,0 +1,138 @@
+//! `wsgate`: the command-line front of the library. Parses flags, merges them over the config file,
+//! starts the gateway and stops it gracefully on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsgate::{Config, DriverChoice, Gateway, Overrides};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core WebSocket (ws:// and wss://) pub/sub gateway.
+///
+/// With no arguments it serves ws://127.0.0.1:8080 and wss://127.0.0.1:8443 (self-signed certificate)
+/// on every CPU. Flags override the config file. Logging: RUST_LOG (e.g. RUST_LOG=wsgate=debug).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML config file (see examples/wsgate.toml for every key).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// ws:// listen address, or "off" [config: listen.ws; default 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<String>,
+    /// wss:// listen address, or "off" [config: listen.wss; default 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    wss: Option<String>,
+    /// TLS certificate chain (PEM) [config: tls.cert; default: generate a self-signed one].
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM) [config: tls.key].
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Worker cores, 0 = one per CPU [config: cores].
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// IO driver [config: driver].
+    #[arg(long, value_enum)]
+    driver: Option<DriverChoice>,
+    /// Path of the pub/sub WebSocket route [config: routes.pubsub; default /ws].
+    #[arg(long, value_name = "PATH")]
+    pubsub_path: Option<String>,
+    /// Path of the echo WebSocket route [config: routes.echo; default /echo].
+    #[arg(long, value_name = "PATH")]
+    echo_path: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply(Overrides {
+        ws: cli.ws,
+        wss: cli.wss,
+        cert: cli.cert,
+        key: cli.key,
+        cores: cli.cores,
+        driver: cli.driver,
+        pubsub_path: cli.pubsub_path,
+        echo_path: cli.echo_path,
+    });
+    config.validate()?;
+    if cli.check {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let routes = config.routes.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let gw = Gateway::start(config)?;
+    print_banner(&gw, &routes);
+    let handle = gw.shutdown_handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down: closing sessions with 1001");
+            handle.shutdown();
+        }
+    });
+    gw.wait();
+    Ok(())
+}
+
+fn print_banner(gw: &Gateway, routes: &wsgate::config::RoutesConfig) {
+    let drivers = gw.drivers();
+    println!(
+        "wsgate {} running on {} core(s) ({:?})",
+        env!("CARGO_PKG_VERSION"),
+        drivers.len(),
+        drivers
+    );
+    if let Some(a) = gw.ws_addr() {
+        println!("  pub/sub  ws://{a}{}", routes.pubsub);
+        println!("  echo     ws://{a}{}", routes.echo);
+        println!("  health   http://{a}{}", routes.health);
+    }
+    if let Some(a) = gw.wss_addr() {
+        println!("  pub/sub  wss://{a}{}", routes.pubsub);
+        println!("  echo     wss://{a}{}", routes.echo);
+    }
+    if let Some(pem) = gw.self_signed_cert_pem() {
+        let path = std::env::temp_dir().join("wsgate-self-signed.pem");
+        match std::fs::write(&path, pem) {
+            Ok(()) => println!(
+                "  TLS: self-signed certificate for localhost/127.0.0.1 written to {} (trust it, or use an insecure client)",
+                path.display()
+            ),
+            Err(e) => println!("  TLS: self-signed certificate (could not write it out: {e})"),
+        }
+    }
+    if let Some(a) = gw.ws_addr() {
+        println!("Try:  websocat ws://{a}{}   then type {{\"type\":\"subscribe\",\"topic\":\"news\",\"id\":1}}", routes.pubsub);
+    }
+    println!("Stop with Ctrl-C (sessions get close 1001).");
+}

@@ -1,0 +1,68 @@
+//! Sessions: what an upgraded connection does with its messages. One task per session, on the core
+//! that accepted it; the transport (`crate::transport`) does all IO and calls back with whole messages.
+//!
+//! - `echo`: every data message is sent back unchanged (conformance, benchmarks).
+//! - `pubsub`: protocol v1 requests against the core's topic table.
+
+mod echo;
+mod pubsub;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::http::Route;
+use crate::pubsub::Subscriber;
+use crate::transport::{self, ConnLimits, End, Outbox};
+use crate::worker::Worker;
+
+/// Run one upgraded connection to its end.
+pub async fn run<S>(io: S, read_buf: Bytes, route: Route, worker: Rc<Worker>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = ConnLimits {
+        max_message: worker.limits.max_message_size,
+        close_timeout: worker.limits.close_timeout(),
+    };
+    let stats = worker.stats.clone();
+    stats.sessions.add(1);
+    stats.upgrades.add(1);
+    let me = Rc::new(Subscriber {
+        id: worker.next_session_id(),
+        outbox: Outbox::new(worker.limits.max_outbound_bytes),
+        barrier: Cell::new(0),
+        deferred_ack: RefCell::new(None),
+    });
+    worker.register_session(&me);
+    let end = match route {
+        Route::Echo => {
+            let mut h = echo::Echo::new(me.clone());
+            transport::run(io, read_buf, &mut h, limits).await
+        }
+        Route::PubSub { topics } => {
+            let mut h = pubsub::PubSub::new(worker.clone(), me.clone(), &topics);
+            let end = transport::run(io, read_buf, &mut h, limits).await;
+            h.leave();
+            end
+        }
+    };
+    worker.unregister_session(me.id);
+    stats.sessions.sub(1);
+    match &end {
+        End::Closed(reason) if reason.code != transport::close_code::GOING_AWAY => {
+            stats.protocol_errors.add(u64::from(
+                reason.code == transport::close_code::PROTOCOL_ERROR,
+            ));
+            tracing::debug!(
+                code = reason.code,
+                reason = reason.reason,
+                "session closed by gateway"
+            );
+        }
+        End::Io(e) => tracing::debug!(error = %e, "session ended by io error"),
+        _ => {}
+    }
+}

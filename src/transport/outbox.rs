@@ -1,0 +1,190 @@
+//! A session's outbound queue: encoded frames waiting to be written, shared between the session's task
+//! (which writes them) and everything that delivers to it (the core's topic table, the bus).
+//!
+//! Frames are `Bytes`, so one publish encoded once is queued by reference in every subscriber's outbox.
+//! The queue is bounded in bytes: a delivery that would exceed the bound marks the session as a slow
+//! consumer and asks the transport to close it, so one stuck client never grows memory without bound or
+//! delays anybody else.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use super::codec::{close_code, CloseReason};
+
+/// Returned by [`Outbox::deliver`] when the session could not keep up and is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+#[derive(Default)]
+struct Inner {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    waker: Option<Waker>,
+    close: Option<CloseReason>,
+}
+
+/// The outbound queue of one session (core-local; shared through `Rc`).
+pub struct Outbox {
+    inner: RefCell<Inner>,
+    /// Most bytes a session may have queued before it is closed as a slow consumer.
+    limit: usize,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: RefCell::new(Inner::default()),
+            limit,
+        }
+    }
+
+    /// Queue a frame that others send to this session (a publish). Over the limit, the session is closed
+    /// with 1008 and the frame is dropped for this session only.
+    pub fn deliver(&self, frame: Bytes) -> Result<(), Overflow> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.close.is_some() {
+            return Err(Overflow);
+        }
+        if inner.bytes + frame.len() > self.limit {
+            inner.frames.clear();
+            inner.bytes = 0;
+            inner.close = Some(CloseReason::new(close_code::POLICY, "slow consumer"));
+            wake(&mut inner);
+            return Err(Overflow);
+        }
+        Self::push_locked(&mut inner, frame);
+        Ok(())
+    }
+
+    /// Queue a frame the session itself produced (an ack, an echo, a pong). The session stops reading
+    /// while its queue is over the limit, so this needs no bound of its own.
+    pub fn reply(&self, frame: Bytes) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.close.is_none() {
+            Self::push_locked(&mut inner, frame);
+        }
+    }
+
+    /// Queue a frame even when a close was requested (the close frame itself).
+    pub(crate) fn force_reply(&self, frame: Bytes) {
+        Self::push_locked(&mut self.inner.borrow_mut(), frame);
+    }
+
+    fn push_locked(inner: &mut Inner, frame: Bytes) {
+        inner.bytes += frame.len();
+        let was_empty = inner.frames.is_empty();
+        inner.frames.push_back(frame);
+        if was_empty {
+            wake(inner);
+        }
+    }
+
+    /// Ask the transport to close the session with `reason` once what is queued has been written.
+    pub fn close(&self, reason: CloseReason) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.close.is_none() {
+            inner.close = Some(reason);
+            wake(&mut inner);
+        }
+    }
+
+    /// Wake the session's task (used when something other than a frame changes its state).
+    pub fn wake(&self) {
+        wake(&mut self.inner.borrow_mut());
+    }
+
+    pub fn close_requested(&self) -> Option<CloseReason> {
+        self.inner.borrow().close
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().bytes
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut inner = self.inner.borrow_mut();
+        match &inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Run `f` over the queued frames (front first) and drop the `written` bytes it reports.
+    pub(crate) fn with_front<R>(&self, f: impl FnOnce(&VecDeque<Bytes>) -> R) -> R {
+        f(&self.inner.borrow().frames)
+    }
+
+    pub(crate) fn consume(&self, mut written: usize) {
+        let mut inner = self.inner.borrow_mut();
+        inner.bytes -= written;
+        while written > 0 {
+            let Some(front) = inner.frames.front_mut() else {
+                break;
+            };
+            if front.len() <= written {
+                written -= front.len();
+                inner.frames.pop_front();
+            } else {
+                let _ = front.split_to(written);
+                written = 0;
+            }
+        }
+        if inner.frames.is_empty() && inner.frames.capacity() > 64 {
+            inner.frames = VecDeque::new();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.borrow().frames.is_empty()
+    }
+
+    /// Drop the waker so a finished session's task is not kept alive by deliveries racing its end.
+    pub(crate) fn detach(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.waker = None;
+        inner.frames.clear();
+        inner.bytes = 0;
+        if inner.close.is_none() {
+            inner.close = Some(CloseReason::new(close_code::NORMAL, ""));
+        }
+    }
+}
+
+fn wake(inner: &mut Inner) {
+    if let Some(w) = &inner.waker {
+        w.wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_with_1008_and_drops_queue() {
+        let o = Outbox::new(10);
+        o.deliver(Bytes::from_static(b"123456")).unwrap();
+        assert_eq!(o.deliver(Bytes::from_static(b"123456")), Err(Overflow));
+        assert_eq!(o.close_requested().map(|c| c.code), Some(1008));
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn consume_handles_partial_frames() {
+        let o = Outbox::new(100);
+        o.reply(Bytes::from_static(b"abc"));
+        o.reply(Bytes::from_static(b"defg"));
+        o.consume(4);
+        assert_eq!(o.queued_bytes(), 3);
+        o.with_front(|q| assert_eq!(&q[0][..], b"efg"));
+        o.consume(3);
+        assert!(o.is_empty());
+    }
+}

@@ -1,0 +1,274 @@
+//! One core: a monoio runtime pinned to a CPU, owning its listeners, its sessions, its topic table and
+//! its bus inbox. Nothing here is shared with other threads except the bus and the stats counters.
+//!
+//! The accept loop only accepts; TLS, HTTP and the upgrade run in the connection's own task under
+//! deadlines, and the session then runs in a fresh task (so the handshake's large future is freed).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::io::IntoPollIo;
+use monoio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::{Config, DriverChoice, LimitsConfig, RoutesConfig};
+use crate::pubsub::{Subscriber, TopicTable};
+use crate::shutdown::Shutdown;
+use crate::stats::{CoreStats, DriverKind};
+use crate::transport::{close_code, CloseReason};
+
+/// Everything a core needs to start; built by `Gateway::start` on the main thread.
+pub(crate) struct CoreSpec {
+    pub idx: usize,
+    pub config: Arc<Config>,
+    pub ws: Option<std::net::TcpListener>,
+    pub wss: Option<std::net::TcpListener>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub bus: Arc<Bus>,
+    pub stats: Arc<CoreStats>,
+    pub ready: mpsc::Sender<Result<DriverKind, String>>,
+}
+
+/// One core's state, shared by its tasks through `Rc`.
+pub struct Worker {
+    pub idx: usize,
+    pub limits: LimitsConfig,
+    pub routes: Rc<RoutesConfig>,
+    pub table: TopicTable,
+    pub stats: Arc<CoreStats>,
+    /// Connections this core accepts before refusing more (the gateway cap split over cores).
+    max_connections: u64,
+    next_id: Cell<u64>,
+    /// Live sessions, so shutdown can close each with 1001.
+    sessions: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    shutdown: Shutdown,
+}
+
+impl Worker {
+    pub fn next_session_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    pub fn register_session(&self, s: &Rc<Subscriber>) {
+        self.sessions.borrow_mut().insert(s.id, s.clone());
+    }
+
+    pub fn unregister_session(&self, id: u64) {
+        self.sessions.borrow_mut().remove(&id);
+    }
+}
+
+/// Thread body of core `spec.idx`.
+pub(crate) fn run_core(spec: CoreSpec) {
+    if spec.config.pin_cores {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Err(e) = monoio::utils::bind_to_cpu_set([spec.idx % cpus]) {
+            tracing::warn!(core = spec.idx, error = ?e, "could not pin core to its CPU");
+        }
+    }
+    let ready = spec.ready.clone();
+    let fail = |msg: String| {
+        let _ = ready.send(Err(msg));
+    };
+    let want = spec.config.driver;
+    if want != DriverChoice::Epoll {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => return rt.block_on(core_main(spec, DriverKind::Uring)),
+            Err(e) if want == DriverChoice::Uring => {
+                return fail(format!("core {}: io_uring unavailable: {e}", spec.idx))
+            }
+            Err(e) => tracing::warn!(
+                core = spec.idx,
+                error = %e,
+                "io_uring unavailable, falling back to epoll"
+            ),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(core_main(spec, DriverKind::Epoll)),
+        Err(e) => fail(format!(
+            "core {}: cannot start the epoll driver: {e}",
+            spec.idx
+        )),
+    }
+}
+
+async fn core_main(spec: CoreSpec, driver: DriverKind) {
+    let CoreSpec {
+        idx,
+        config,
+        ws,
+        wss,
+        tls,
+        bus,
+        stats,
+        ready,
+    } = spec;
+    stats.set_driver(driver);
+    let cores = bus.cores() as u64;
+    let worker = Rc::new(Worker {
+        idx,
+        limits: config.limits.clone(),
+        routes: Rc::new(config.routes.clone()),
+        table: TopicTable::new(idx, bus.clone(), stats.clone()),
+        stats,
+        max_connections: (config.limits.max_connections as u64).div_ceil(cores),
+        next_id: Cell::new(1),
+        sessions: RefCell::default(),
+        shutdown: Shutdown::default(),
+    });
+    let adopt = |l: Option<std::net::TcpListener>| l.map(TcpListener::from_std).transpose();
+    let (ws, wss) = match (adopt(ws), adopt(wss)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = ready.send(Err(format!("core {idx}: cannot adopt listener: {e}")));
+            return;
+        }
+    };
+    tracing::info!(core = idx, driver = ?driver, "core started");
+    {
+        let worker = worker.clone();
+        monoio::spawn(async move {
+            let table_worker = worker.clone();
+            bus.run(idx, move |msg| match table_worker.table.on_bus(msg) {
+                Some(BusMsg::Shutdown) => {
+                    table_worker.shutdown.fire();
+                    false
+                }
+                _ => true,
+            })
+            .await;
+            worker.shutdown.fire();
+        });
+    }
+    if let Some(l) = ws {
+        monoio::spawn(accept_loop(l, worker.clone(), None));
+    }
+    if let Some(l) = wss {
+        let acceptor = tls.map(TlsAcceptor::from);
+        monoio::spawn(accept_loop(l, worker.clone(), acceptor));
+    }
+    let _ = ready.send(Ok(driver));
+    worker.shutdown.wait().await;
+    drain(&worker).await;
+    tracing::debug!(core = idx, "core stopped");
+}
+
+/// Close every session with 1001 and wait (bounded) for connections to finish.
+async fn drain(worker: &Worker) {
+    let sessions: Vec<_> = worker.sessions.borrow().values().cloned().collect();
+    for s in sessions {
+        s.outbox.close(CloseReason::new(
+            close_code::GOING_AWAY,
+            "server shutting down",
+        ));
+    }
+    let deadline = Instant::now() + worker.limits.shutdown_grace();
+    while worker.stats.sessions.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsAcceptor>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.shutdown.wait() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                worker.stats.accepted.add(1);
+                if worker.stats.connections.get() >= worker.max_connections {
+                    worker.stats.rejected_capacity.add(1);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(connection(stream, worker.clone(), tls.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(core = worker.idx, error = %e, "accept failed");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a connection as open for as long as it lives, in whichever task ends up owning it.
+struct ConnGuard(Arc<CoreStats>);
+
+impl ConnGuard {
+    fn new(stats: &Arc<CoreStats>) -> Self {
+        stats.connections.add(1);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.sub(1);
+    }
+}
+
+async fn connection(stream: TcpStream, worker: Rc<Worker>, tls: Option<TlsAcceptor>) {
+    let guard = ConnGuard::new(&worker.stats);
+    let io = match stream.into_poll_io() {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot convert stream");
+            return;
+        }
+    };
+    let hdr = worker.limits.header_read_timeout();
+    match tls {
+        None => {
+            if let Some(up) = crate::http::serve(io, worker.routes.clone(), hdr).await {
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    crate::session::run(up.io, up.read_buf, up.route, worker).await
+                });
+            }
+        }
+        Some(acceptor) => {
+            let handshake =
+                monoio::time::timeout(worker.limits.tls_handshake_timeout(), acceptor.accept(io))
+                    .await;
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    worker.stats.tls_handshake_failures.add(1);
+                    tracing::debug!(error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    worker.stats.tls_handshake_failures.add(1);
+                    tracing::debug!("tls handshake timed out");
+                    return;
+                }
+            };
+            if let Some(up) = crate::http::serve(tls, worker.routes.clone(), hdr).await {
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    crate::session::run(up.io, up.read_buf, up.route, worker).await
+                });
+            }
+        }
+    }
+}
