@@ -24,6 +24,8 @@ struct Inner {
     bytes: usize,
     waker: Option<Waker>,
     close: Option<CloseReason>,
+    /// The front frame is partly written; it must be finished before anything else goes out.
+    front_started: bool,
 }
 
 /// The outbound queue of one session (core-local; shared through `Rc`).
@@ -49,8 +51,7 @@ impl Outbox {
             return Err(Overflow);
         }
         if inner.bytes + frame.len() > self.limit {
-            inner.frames.clear();
-            inner.bytes = 0;
+            discard_unstarted(&mut inner);
             inner.close = Some(CloseReason::new(close_code::POLICY, "slow consumer"));
             wake(&mut inner);
             return Err(Overflow);
@@ -131,9 +132,11 @@ impl Outbox {
             if front.len() <= written {
                 written -= front.len();
                 inner.frames.pop_front();
+                inner.front_started = false;
             } else {
                 let _ = front.split_to(written);
                 written = 0;
+                inner.front_started = true;
             }
         }
         if inner.frames.is_empty() && inner.frames.capacity() > 64 {
@@ -157,6 +160,21 @@ impl Outbox {
     }
 }
 
+/// Drop every queued frame except a partly written one (cutting a frame would corrupt the stream).
+fn discard_unstarted(inner: &mut Inner) {
+    let keep = if inner.front_started {
+        inner.frames.pop_front()
+    } else {
+        None
+    };
+    inner.frames.clear();
+    inner.bytes = 0;
+    if let Some(f) = keep {
+        inner.bytes = f.len();
+        inner.frames.push_back(f);
+    }
+}
+
 fn wake(inner: &mut Inner) {
     if let Some(w) = &inner.waker {
         w.wake_by_ref();
@@ -174,6 +192,15 @@ mod tests {
         assert_eq!(o.deliver(Bytes::from_static(b"123456")), Err(Overflow));
         assert_eq!(o.close_requested().map(|c| c.code), Some(1008));
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn overflow_keeps_a_partly_written_frame() {
+        let o = Outbox::new(10);
+        o.deliver(Bytes::from_static(b"123456")).unwrap();
+        o.consume(2);
+        assert_eq!(o.deliver(Bytes::from_static(b"abcdefgh")), Err(Overflow));
+        o.with_front(|q| assert_eq!(q.iter().map(|f| &f[..]).collect::<Vec<_>>(), vec![b"3456"]));
     }
 
     #[test]

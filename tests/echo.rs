@@ -1,0 +1,167 @@
+//! Echo route over ws:// and wss://, on both io drivers: text, binary, fragmented messages, ping,
+//! and the RFC 6455 failure codes (1007 invalid UTF-8, 1009 too big, 1002 protocol violation).
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::DriverChoice;
+
+async fn echo_roundtrips(ws: &mut Ws) {
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(next_msg(ws).await, Message::Text("hello".into()));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::Binary(big.clone())).await.unwrap();
+    assert_eq!(next_msg(ws).await, Message::Binary(big));
+    // A text message in three fragments, with a ping between them.
+    let parts: [&[u8]; 3] = [b"frag", "mént".as_bytes(), b"ed"];
+    ws.send(Message::Frame(Frame::message(
+        parts[0].to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Ping(b"p".to_vec())).await.unwrap();
+    ws.send(Message::Frame(Frame::message(
+        parts[1].to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        parts[2].to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    let mut got_pong = false;
+    loop {
+        match tokio::time::timeout(PATIENCE, futures_util::StreamExt::next(ws))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Pong(p) => {
+                assert_eq!(p, b"p");
+                got_pong = true;
+            }
+            Message::Text(t) => {
+                assert_eq!(t, "fragménted");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got_pong, "ping was answered before the reassembled message");
+    ws.close(None).await.unwrap();
+}
+
+async fn run_echo(driver: DriverChoice) {
+    let gw = start(config(2, driver));
+    let expected = match driver {
+        DriverChoice::Epoll => wsgate::DriverKind::Epoll,
+        _ => wsgate::DriverKind::Uring,
+    };
+    assert_eq!(gw.drivers(), vec![expected, expected]);
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    echo_roundtrips(&mut ws).await;
+    let mut wss = connect_tls(&gw, "/echo").await;
+    echo_roundtrips(&mut wss).await;
+}
+
+#[tokio::test]
+async fn echo_over_ws_and_wss_on_io_uring() {
+    run_echo(DriverChoice::Uring).await;
+}
+
+#[tokio::test]
+async fn echo_over_ws_and_wss_on_epoll() {
+    run_echo(DriverChoice::Epoll).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007() {
+    let gw = start(config(1, DriverChoice::Auto));
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    ws.send(Message::Frame(Frame::message(
+        vec![b'a', 0xff, 0xfe],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Invalid);
+}
+
+#[tokio::test]
+async fn oversize_message_closes_1009_even_when_fragmented() {
+    let mut c = config(1, DriverChoice::Auto);
+    c.limits.max_message_size = 1000;
+    let gw = start(c);
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    ws.send(Message::Binary(vec![1; 1000])).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Message::Binary(vec![1; 1000]));
+    ws.send(Message::Binary(vec![1; 1001])).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Size);
+
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    for fin in [false, true] {
+        let op = if fin { Data::Continue } else { Data::Binary };
+        ws.send(Message::Frame(Frame::message(
+            vec![2; 600],
+            OpCode::Data(op),
+            fin,
+        )))
+        .await
+        .unwrap();
+    }
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Size);
+}
+
+#[tokio::test]
+async fn protocol_violation_closes_1002() {
+    let gw = start(config(1, DriverChoice::Auto));
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    // A continuation frame with no message in progress.
+    ws.send(Message::Frame(Frame::message(
+        b"x".to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Protocol);
+}
+
+#[tokio::test]
+async fn clean_close_handshake_echoes_the_code() {
+    let gw = start(config(1, DriverChoice::Auto));
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Library(4000));
+}
+
+#[tokio::test]
+async fn shutdown_sends_1001_to_sessions() {
+    let gw = start(config(2, DriverChoice::Auto));
+    let mut ws = connect(&ws_url(&gw, "/ws")).await;
+    subscribe(&mut ws, "t", 1).await;
+    let stopper = std::thread::spawn(move || gw.shutdown());
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Away);
+    drop(ws);
+    stopper.join().unwrap();
+}
