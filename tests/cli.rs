@@ -1,0 +1,201 @@
+//! The `wsgate` binary: --help documents the CLI contract, bad configs exit non-zero naming the key or
+//! file, and a started gateway prints its URLs, serves ws:// and wss://, and stops on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+
+fn wsgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = wsgate().args(args).output().expect("run wsgate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: stderr should name `{needle}`: {stderr}"
+    );
+}
+
+#[test]
+fn help_documents_the_cli_contract() {
+    let out = wsgate().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--ws",
+        "--wss",
+        "--cert",
+        "--key",
+        "--cores",
+        "--driver",
+        "--pubsub-path",
+        "--echo-path",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_configs_name_the_key_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let unknown = file("unknown.toml", "[limits]\nmax_mesage_size = 10\n");
+    fails_with(&["--config", &unknown], "max_mesage_size");
+    let bad_addr = file("addr.toml", "[listen]\nws = \"localhost:http\"\n");
+    fails_with(&["--config", &bad_addr], "listen.ws");
+    fails_with(
+        &["--config", "/nonexistent/wsgate.toml"],
+        "/nonexistent/wsgate.toml",
+    );
+    fails_with(
+        &[
+            "--ws",
+            "off",
+            "--wss",
+            "127.0.0.1:0",
+            "--cert",
+            "/nonexistent/c.pem",
+            "--key",
+            "/nonexistent/k.pem",
+        ],
+        "tls.cert",
+    );
+    let garbage = file("garbage.pem", "not a pem\n");
+    fails_with(
+        &[
+            "--ws",
+            "off",
+            "--wss",
+            "127.0.0.1:0",
+            "--cert",
+            &garbage,
+            "--key",
+            &garbage,
+        ],
+        "garbage.pem",
+    );
+    fails_with(
+        &["--cores", "65", "--ws", "127.0.0.1:0", "--wss", "off"],
+        "cores",
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    fails_with(&["--ws", &addr, "--wss", "off"], "listen.ws");
+}
+
+#[tokio::test]
+async fn binary_serves_ws_and_wss_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let cfg = dir.path().join("wsgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cores = 2\n[listen]\nws = \"127.0.0.1:0\"\nwss = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert, key
+        ),
+    )
+    .unwrap();
+    let mut child = wsgate()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--driver",
+            "epoll",
+            "--echo-path",
+            "/e",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (ws_url, wss_url) = tokio::task::spawn_blocking(move || {
+        let (mut ws, mut wss) = (None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(u) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("ws://") && w.ends_with("/e"))
+            {
+                ws = Some(u.to_string());
+            }
+            if let Some(u) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("wss://") && w.ends_with("/e"))
+            {
+                wss = Some(u.to_string());
+            }
+            if ws.is_some() && wss.is_some() {
+                break;
+            }
+        }
+        (ws.expect("ws url printed"), wss.expect("wss url printed"))
+    })
+    .await
+    .unwrap();
+    let mut ws = connect(&ws_url).await;
+    ws.send(Message::Text("via binary".into())).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Message::Text("via binary".into()));
+    // The configured certificate is served (the client trusts only it).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let url = wss_url.replace("127.0.0.1", "localhost");
+    let (mut wss, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            tls,
+        ))),
+    )
+    .await
+    .unwrap();
+    wss.send(Message::Text("tls".into())).await.unwrap();
+    assert_eq!(next_msg(&mut wss).await, Message::Text("tls".into()));
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        expect_close(&mut ws).await.code,
+        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away
+    );
+    drop((ws, wss));
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("wsgate did not exit after SIGTERM");
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+}
