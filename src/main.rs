@@ -1,6 +1,7 @@
 //! `wsgate`: the command-line front of the library. Parses flags, merges them over the config file,
 //! starts the gateway and stops it gracefully on SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -83,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     config.validate()?;
     if cli.check {
-        println!("{config:#?}");
+        let _ = writeln!(std::io::stdout(), "{config:#?}");
         return Ok(());
     }
     let routes = config.routes.clone();
@@ -105,34 +106,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn print_banner(gw: &Gateway, routes: &wsgate::config::RoutesConfig) {
+    // Written with `writeln!` and errors ignored: a closed stdout must not take the gateway down.
+    let mut out = std::io::stdout().lock();
     let drivers = gw.drivers();
-    println!(
+    let _ = writeln!(
+        out,
         "wsgate {} running on {} core(s) ({:?})",
         env!("CARGO_PKG_VERSION"),
         drivers.len(),
         drivers
     );
     if let Some(a) = gw.ws_addr() {
-        println!("  pub/sub  ws://{a}{}", routes.pubsub);
-        println!("  echo     ws://{a}{}", routes.echo);
-        println!("  health   http://{a}{}", routes.health);
+        let _ = writeln!(out, "  pub/sub  ws://{a}{}", routes.pubsub);
+        let _ = writeln!(out, "  echo     ws://{a}{}", routes.echo);
+        let _ = writeln!(out, "  health   http://{a}{}", routes.health);
     }
     if let Some(a) = gw.wss_addr() {
-        println!("  pub/sub  wss://{a}{}", routes.pubsub);
-        println!("  echo     wss://{a}{}", routes.echo);
+        let _ = writeln!(out, "  pub/sub  wss://{a}{}", routes.pubsub);
+        let _ = writeln!(out, "  echo     wss://{a}{}", routes.echo);
     }
     if let Some(pem) = gw.self_signed_cert_pem() {
         let path = std::env::temp_dir().join("wsgate-self-signed.pem");
-        match std::fs::write(&path, pem) {
-            Ok(()) => println!(
-                "  TLS: self-signed certificate for localhost/127.0.0.1 written to {} (trust it, or use an insecure client)",
+        let _ = match std::fs::write(&path, pem) {
+            Ok(()) => writeln!(
+                out,
+                "  TLS: generated a self-signed certificate for localhost/127.0.0.1, saved to {}\n       (trust that file, e.g. websocat --ca, or connect with an insecure client: websocat -k)",
                 path.display()
             ),
-            Err(e) => println!("  TLS: self-signed certificate (could not write it out: {e})"),
-        }
+            Err(e) => writeln!(out, "  TLS: generated a self-signed certificate (could not save it: {e})"),
+        };
     }
     if let Some(a) = gw.ws_addr() {
-        println!("Try:  websocat ws://{a}{}   then type {{\"type\":\"subscribe\",\"topic\":\"news\",\"id\":1}}", routes.pubsub);
+        let _ = writeln!(
+            out,
+            "Try:  websocat ws://{a}{}   then type {{\"type\":\"subscribe\",\"topic\":\"news\",\"id\":1}}",
+            routes.pubsub
+        );
     }
-    println!("Stop with Ctrl-C (sessions get close 1001).");
+    let _ = writeln!(out, "Stop with Ctrl-C (sessions get close 1001).");
+    let _ = out.flush();
 }

@@ -47,6 +47,20 @@ fn help_documents_the_cli_contract() {
 }
 
 #[test]
+fn shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wsgate.toml");
+    let out = wsgate()
+        .args(["--config", example, "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn bad_configs_name_the_key_or_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| {
