@@ -25,6 +25,8 @@ const DRAIN_BUDGET: usize = 512;
 pub enum BusMsg {
     /// Deliver this frame to the local subscribers of `topic`.
     Publish { topic: Arc<str>, frame: Bytes },
+    /// Deliver this frame to every local session of user `to`.
+    Direct { to: Arc<str>, frame: Bytes },
     /// Core `from` now has (`on`) or no longer has local subscribers of `topic`. `gen` numbers the
     /// announcement so its confirmation can be matched.
     Interest {

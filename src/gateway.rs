@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+use crate::admission::Admission;
 use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, ConfigError};
 use crate::stats::{CoreSnapshot, CoreStats, DriverKind};
@@ -41,6 +42,7 @@ pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
     self_signed_pem: Option<String>,
     fd_limit: Option<u64>,
+    admission: Arc<Admission>,
 }
 
 /// A cloneable handle that stops the gateway from anywhere (signal handlers, other threads).
@@ -93,6 +95,11 @@ impl Gateway {
                     .map_err(|source| StartError::Bind { key, addr, source }),
             }
         };
+        let verifier = crate::auth::Verifier::from_config(&config.auth)?.map(Arc::new);
+        let admission = Admission::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         let ws = bind("listen.ws", ws_addr)?;
         let wss = bind("listen.wss", wss_addr)?;
         let local = |v: &[Option<std::net::TcpListener>]| {
@@ -114,6 +121,8 @@ impl Gateway {
                 ws,
                 wss,
                 tls: tls.as_ref().map(|t| t.config.clone()),
+                verifier: verifier.clone(),
+                admission: admission.clone(),
                 bus: bus.clone(),
                 stats: stats[idx].clone(),
                 ready: ready_tx.clone(),
@@ -137,6 +146,7 @@ impl Gateway {
             threads,
             self_signed_pem: tls.and_then(|t| t.self_signed_pem),
             fd_limit,
+            admission,
         };
         for core in 0..cores {
             match ready_rx.recv() {
@@ -185,6 +195,16 @@ impl Gateway {
             .enumerate()
             .map(|(i, s)| CoreSnapshot::of(i, s))
             .collect()
+    }
+
+    /// Open connections gateway-wide (any phase).
+    pub fn open_connections(&self) -> usize {
+        self.admission.open()
+    }
+
+    /// Open connections from `ip` (tracked only when `limits.max_connections_per_ip` is set).
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
+        self.admission.ip_connections(ip)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {

@@ -20,7 +20,10 @@
 //! gw.shutdown();
 //! ```
 
+pub mod admission;
+pub mod auth;
 pub mod bus;
+mod clock;
 pub mod config;
 pub mod gateway;
 mod http;

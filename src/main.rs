@@ -96,9 +96,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     print_banner(&gw, &routes);
     let handle = gw.shutdown_handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "shutting down: closing sessions with 1001");
+        let mut signals = signals.forever();
+        if let Some(sig) = signals.next() {
+            tracing::info!(
+                signal = sig,
+                "shutting down: closing sessions with 1001 (signal again to exit at once)"
+            );
             handle.shutdown();
+        }
+        if let Some(sig) = signals.next() {
+            tracing::warn!(signal = sig, "second signal: exiting without draining");
+            std::process::exit(1);
         }
     });
     gw.wait();

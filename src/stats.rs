@@ -41,8 +41,19 @@ pub struct CoreStats {
     /// Upgraded WebSocket sessions open now.
     pub sessions: Counter,
     pub accepted: Counter,
-    /// Connections refused because the core was at its connection cap.
+    /// Upgrades refused: gateway at `max_connections` (503), IP at its limit (429), bad Origin (403).
     pub rejected_capacity: Counter,
+    pub rejected_per_ip: Counter,
+    pub rejected_origin: Counter,
+    /// Upgrades refused for a missing or invalid token (401).
+    pub auth_failures: Counter,
+    /// Sessions closed for sending nothing within `idle_timeout_ms`.
+    pub idle_timeouts: Counter,
+    /// Messages refused by the per-session rate limit.
+    pub rate_limited: Counter,
+    /// Handshakes (TLS + HTTP upgrade) that missed `handshake_timeout_ms`.
+    pub handshake_timeouts: Counter,
+    pub direct_messages: Counter,
     pub tls_handshake_failures: Counter,
     pub upgrades: Counter,
     /// Topics with at least one local subscriber.
@@ -90,6 +101,13 @@ pub struct CoreSnapshot {
     pub sessions: u64,
     pub accepted: u64,
     pub rejected_capacity: u64,
+    pub rejected_per_ip: u64,
+    pub rejected_origin: u64,
+    pub auth_failures: u64,
+    pub idle_timeouts: u64,
+    pub rate_limited: u64,
+    pub handshake_timeouts: u64,
+    pub direct_messages: u64,
     pub tls_handshake_failures: u64,
     pub upgrades: u64,
     pub topics: u64,
@@ -112,6 +130,13 @@ impl CoreSnapshot {
             sessions: s.sessions.get(),
             accepted: s.accepted.get(),
             rejected_capacity: s.rejected_capacity.get(),
+            rejected_per_ip: s.rejected_per_ip.get(),
+            rejected_origin: s.rejected_origin.get(),
+            auth_failures: s.auth_failures.get(),
+            idle_timeouts: s.idle_timeouts.get(),
+            rate_limited: s.rate_limited.get(),
+            handshake_timeouts: s.handshake_timeouts.get(),
+            direct_messages: s.direct_messages.get(),
             tls_handshake_failures: s.tls_handshake_failures.get(),
             upgrades: s.upgrades.get(),
             topics: s.topics.get(),

@@ -15,8 +15,11 @@ use monoio::io::IntoPollIo;
 use monoio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Admission, Ticket};
+use crate::auth::Verifier;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, DriverChoice, LimitsConfig, RoutesConfig};
+use crate::config::{Config, DriverChoice, LimitsConfig};
+use crate::http::HttpCtx;
 use crate::pubsub::{Subscriber, TopicTable};
 use crate::shutdown::Shutdown;
 use crate::stats::{CoreStats, DriverKind};
@@ -29,20 +32,25 @@ pub(crate) struct CoreSpec {
     pub ws: Option<std::net::TcpListener>,
     pub wss: Option<std::net::TcpListener>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub verifier: Option<Arc<Verifier>>,
+    pub admission: Arc<Admission>,
     pub bus: Arc<Bus>,
     pub stats: Arc<CoreStats>,
     pub ready: mpsc::Sender<Result<DriverKind, String>>,
 }
 
+/// Connections accepted beyond `max_connections` while their refusal (503) is being written; past
+/// this margin, accept closes new sockets at once to protect file descriptors.
+const REFUSAL_MARGIN: usize = 256;
+
 /// One core's state, shared by its tasks through `Rc`.
 pub struct Worker {
     pub idx: usize,
     pub limits: LimitsConfig,
-    pub routes: Rc<RoutesConfig>,
+    pub http: Rc<HttpCtx>,
     pub table: TopicTable,
     pub stats: Arc<CoreStats>,
-    /// Connections this core accepts before refusing more (the gateway cap split over cores).
-    max_connections: u64,
+    admission: Arc<Admission>,
     next_id: Cell<u64>,
     /// Live sessions, so shutdown can close each with 1001.
     sessions: RefCell<HashMap<u64, Rc<Subscriber>>>,
@@ -62,6 +70,22 @@ impl Worker {
 
     pub fn unregister_session(&self, id: u64) {
         self.sessions.borrow_mut().remove(&id);
+    }
+
+    /// One heartbeat round: close sessions silent for longer than `idle_timeout_ms`; ping the rest
+    /// when `ping_due`.
+    fn heartbeat_round(&self, ping: &bytes::Bytes, ping_due: bool) {
+        let now = crate::clock::now_ms();
+        let idle = self.limits.idle_timeout_ms;
+        for s in self.sessions.borrow().values() {
+            if idle > 0 && now.saturating_sub(s.outbox.last_rx()) > idle {
+                self.stats.idle_timeouts.add(1);
+                s.outbox
+                    .close(CloseReason::new(close_code::GOING_AWAY, "idle timeout"));
+            } else if ping_due {
+                s.outbox.reply(ping.clone());
+            }
+        }
     }
 }
 
@@ -113,19 +137,25 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         ws,
         wss,
         tls,
+        verifier,
+        admission,
         bus,
         stats,
         ready,
     } = spec;
     stats.set_driver(driver);
-    let cores = bus.cores() as u64;
     let worker = Rc::new(Worker {
         idx,
         limits: config.limits.clone(),
-        routes: Rc::new(config.routes.clone()),
+        http: Rc::new(HttpCtx::new(
+            &config,
+            verifier,
+            admission.clone(),
+            stats.clone(),
+        )),
         table: TopicTable::new(idx, bus.clone(), stats.clone()),
         stats,
-        max_connections: (config.limits.max_connections as u64).div_ceil(cores),
+        admission,
         next_id: Cell::new(1),
         sessions: RefCell::default(),
         shutdown: Shutdown::default(),
@@ -161,6 +191,9 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         let acceptor = tls.map(TlsAcceptor::from);
         monoio::spawn(accept_loop(l, worker.clone(), acceptor));
     }
+    if worker.limits.ping_interval_ms > 0 || worker.limits.idle_timeout_ms > 0 {
+        monoio::spawn(heartbeats(worker.clone()));
+    }
     let _ = ready.send(Ok(driver));
     worker.shutdown.wait().await;
     drain(&worker).await;
@@ -182,6 +215,31 @@ async fn drain(worker: &Worker) {
     }
 }
 
+/// Per-core heartbeat task: one timer for all of the core's sessions instead of one per session.
+async fn heartbeats(worker: Rc<Worker>) {
+    let l = &worker.limits;
+    let period = match (l.ping_interval_ms, l.idle_timeout_ms) {
+        (0, idle) => idle / 4,
+        (ping, 0) => ping,
+        (ping, idle) => ping.min(idle / 4).max(1),
+    };
+    let ping = crate::transport::encode_frame(fastwebsockets::OpCode::Ping, b"");
+    let mut since_ping = 0;
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_millis(period.max(1))) => {},
+            _ = worker.shutdown.wait() => return,
+        }
+        since_ping += period;
+        let due =
+            worker.limits.ping_interval_ms > 0 && since_ping >= worker.limits.ping_interval_ms;
+        if due {
+            since_ping = 0;
+        }
+        worker.heartbeat_round(&ping, due);
+    }
+}
+
 async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsAcceptor>) {
     loop {
         let accepted = monoio::select! {
@@ -189,14 +247,15 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsA
             _ = worker.shutdown.wait() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 worker.stats.accepted.add(1);
-                if worker.stats.connections.get() >= worker.max_connections {
+                if worker.admission.open() >= worker.admission.max() + REFUSAL_MARGIN {
                     worker.stats.rejected_capacity.add(1);
                     continue;
                 }
+                let ticket = worker.admission.admit(peer.ip());
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(connection(stream, worker.clone(), tls.clone()));
+                monoio::spawn(connection(stream, ticket, worker.clone(), tls.clone()));
             }
             Err(e) => {
                 tracing::warn!(core = worker.idx, error = %e, "accept failed");
@@ -211,24 +270,37 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsA
     }
 }
 
-/// Counts a connection as open for as long as it lives, in whichever task ends up owning it.
-struct ConnGuard(Arc<CoreStats>);
+/// Counts a connection as open (on its core and gateway-wide) for as long as it lives, in whichever
+/// task ends up owning it.
+struct ConnGuard {
+    stats: Arc<CoreStats>,
+    _ticket: Ticket,
+}
 
 impl ConnGuard {
-    fn new(stats: &Arc<CoreStats>) -> Self {
+    fn new(stats: &Arc<CoreStats>, ticket: Ticket) -> Self {
         stats.connections.add(1);
-        Self(stats.clone())
+        Self {
+            stats: stats.clone(),
+            _ticket: ticket,
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.connections.sub(1);
+        self.stats.connections.sub(1);
     }
 }
 
-async fn connection(stream: TcpStream, worker: Rc<Worker>, tls: Option<TlsAcceptor>) {
-    let guard = ConnGuard::new(&worker.stats);
+async fn connection(
+    stream: TcpStream,
+    ticket: Ticket,
+    worker: Rc<Worker>,
+    tls: Option<TlsAcceptor>,
+) {
+    let peer = ticket.ip();
+    let guard = ConnGuard::new(&worker.stats, ticket);
     let io = match stream.into_poll_io() {
         Ok(io) => io,
         Err(e) => {
@@ -236,37 +308,43 @@ async fn connection(stream: TcpStream, worker: Rc<Worker>, tls: Option<TlsAccept
             return;
         }
     };
-    let hdr = worker.limits.header_read_timeout();
+    let deadline = worker.limits.handshake_timeout();
+    let http = worker.http.clone();
     match tls {
         None => {
-            if let Some(up) = crate::http::serve(io, worker.routes.clone(), hdr).await {
+            let Ok(up) = monoio::time::timeout(deadline, crate::http::serve(io, http, peer)).await
+            else {
+                worker.stats.handshake_timeouts.add(1);
+                return;
+            };
+            if let Some(up) = up {
                 monoio::spawn(async move {
                     let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, worker).await
+                    crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await
                 });
             }
         }
         Some(acceptor) => {
-            let handshake =
-                monoio::time::timeout(worker.limits.tls_handshake_timeout(), acceptor.accept(io))
-                    .await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    worker.stats.tls_handshake_failures.add(1);
-                    tracing::debug!(error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    worker.stats.tls_handshake_failures.add(1);
-                    tracing::debug!("tls handshake timed out");
-                    return;
-                }
+            let stats = worker.stats.clone();
+            let handshake = async move {
+                let tls = match acceptor.accept(io).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        stats.tls_handshake_failures.add(1);
+                        tracing::debug!(error = %e, "tls handshake failed");
+                        return None;
+                    }
+                };
+                crate::http::serve(tls, http, peer).await
             };
-            if let Some(up) = crate::http::serve(tls, worker.routes.clone(), hdr).await {
+            let Ok(up) = monoio::time::timeout(deadline, handshake).await else {
+                worker.stats.handshake_timeouts.add(1);
+                return;
+            };
+            if let Some(up) = up {
                 monoio::spawn(async move {
                     let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, worker).await
+                    crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await
                 });
             }
         }

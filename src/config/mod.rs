@@ -58,6 +58,72 @@ pub struct Config {
     pub tls: TlsConfig,
     pub routes: RoutesConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub origin: OriginConfig,
+}
+
+/// A WebSocket route, as named in `auth.required_on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteName {
+    Pubsub,
+    Echo,
+}
+
+/// JWT authentication at the handshake (off unless `required_on` names a route or a key is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Routes whose upgrade needs a valid token (401 otherwise), e.g. ["pubsub"].
+    pub required_on: Vec<RouteName>,
+    /// HS256 shared secret (prefer `hs256_secret_file` outside of tests).
+    pub hs256_secret: Option<String>,
+    /// File holding the HS256 shared secret (surrounding whitespace is trimmed).
+    pub hs256_secret_file: Option<PathBuf>,
+    /// PEM public key for RS256 tokens.
+    pub rs256_public_key: Option<PathBuf>,
+    /// PEM public key for ES256 tokens.
+    pub es256_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated for `exp`/`nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required_on: Vec::new(),
+            hs256_secret: None,
+            hs256_secret_file: None,
+            rs256_public_key: None,
+            es256_public_key: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some()
+            || self.hs256_secret_file.is_some()
+            || self.rs256_public_key.is_some()
+            || self.es256_public_key.is_some()
+    }
+}
+
+/// Browser `Origin` allowlist for WebSocket upgrades.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Allowed origins, e.g. ["https://app.example.com"]; empty = any origin (and requests without
+    /// an Origin header, i.e. non-browser clients, are always allowed).
+    pub allowed: Vec<String>,
 }
 
 /// Listen addresses; "off" disables a listener.
@@ -109,10 +175,22 @@ pub struct LimitsConfig {
     /// Open connections allowed per gateway (split evenly across cores); more are closed at accept.
     /// 0 = derived from the process's open-file limit (raised to its hard limit at start).
     pub max_connections: usize,
-    /// Time allowed for a client to send complete HTTP request headers.
+    /// Open connections allowed per client IP; 0 = no per-IP limit. Over -> 429 before the upgrade.
+    pub max_connections_per_ip: usize,
+    /// Time allowed for a client to send complete HTTP request headers (each request).
     pub header_read_timeout_ms: u64,
-    /// Time allowed for the TLS handshake.
-    pub tls_handshake_timeout_ms: u64,
+    /// Time from accept to a completed upgrade (TLS handshake + HTTP request); slower -> closed.
+    pub handshake_timeout_ms: u64,
+    /// Messages per second a pub/sub session may send (token bucket); 0 = unlimited.
+    pub rate_limit_per_sec: u32,
+    /// Bucket size: messages a session may send in a burst above the rate.
+    pub rate_limit_burst: u32,
+    /// Consecutive rate-limited messages after which the session is closed with 1008.
+    pub rate_limit_close_after: u32,
+    /// Interval between server pings to each session; 0 = no pings.
+    pub ping_interval_ms: u64,
+    /// A session that sends nothing (not even a pong) for this long is closed with 1001; 0 = never.
+    pub idle_timeout_ms: u64,
     /// Time allowed for the WebSocket close handshake and final flush.
     pub close_timeout_ms: u64,
     /// On shutdown, how long sessions get to close before the gateway stops anyway.
@@ -129,6 +207,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             routes: RoutesConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            origin: OriginConfig::default(),
         }
     }
 }
@@ -161,8 +241,14 @@ impl Default for LimitsConfig {
             max_subscriptions: 1024,
             max_topic_len: 256,
             max_connections: 0,
+            max_connections_per_ip: 0,
             header_read_timeout_ms: 10_000,
-            tls_handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            rate_limit_close_after: 100,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 60_000,
             close_timeout_ms: 3_000,
             shutdown_grace_ms: 5_000,
         }
@@ -290,10 +376,7 @@ impl Config {
             ("limits.max_subscriptions", l.max_subscriptions as u64),
             ("limits.max_topic_len", l.max_topic_len as u64),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
-            (
-                "limits.tls_handshake_timeout_ms",
-                l.tls_handshake_timeout_ms,
-            ),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
         ];
         for (key, v) in positive {
@@ -303,6 +386,39 @@ impl Config {
         }
         if l.max_message_size > (1 << 30) {
             return Err(invalid("limits.max_message_size", "must be at most 1 GiB"));
+        }
+        if l.ping_interval_ms > 0
+            && l.idle_timeout_ms > 0
+            && l.idle_timeout_ms <= l.ping_interval_ms
+        {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                "must be longer than limits.ping_interval_ms, or clients are closed before they can answer a ping",
+            ));
+        }
+        let a = &self.auth;
+        if a.hs256_secret.is_some() && a.hs256_secret_file.is_some() {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "set either auth.hs256_secret or auth.hs256_secret_file, not both",
+            ));
+        }
+        if a.hs256_secret.as_deref() == Some("") {
+            return Err(invalid("auth.hs256_secret", "must not be empty"));
+        }
+        if !a.required_on.is_empty() && !a.has_keys() {
+            return Err(invalid(
+                "auth.required_on",
+                "auth is required but no key is configured (auth.hs256_secret[_file], auth.rs256_public_key or auth.es256_public_key)",
+            ));
+        }
+        for o in &self.origin.allowed {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(invalid(
+                    "origin.allowed",
+                    format!("`{o}` is not an origin like https://app.example.com (scheme://host[:port], no path)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -334,8 +450,8 @@ impl LimitsConfig {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
-    pub fn tls_handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.tls_handshake_timeout_ms)
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)

@@ -1,4 +1,5 @@
-//! HTTP/1.1 in front of the WebSocket routes (hyper): health check, 404/426, and the upgrade.
+//! HTTP/1.1 in front of the WebSocket routes (hyper): health check, 404/426, the admission checks
+//! (Origin -> capacity -> per-IP -> JWT), and the upgrade.
 //!
 //! hyper serves the connection until a request on a WebSocket path passes `fastwebsockets::upgrade`
 //! (key and version checks, `Sec-WebSocket-Accept`); the 101 is written, hyper hands the socket back
@@ -9,21 +10,59 @@ mod timer;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::RoutesConfig;
+use crate::admission::{Admission, Refusal};
+use crate::auth::{find_token, AuthError, Identity, Verifier};
+use crate::config::{Config, RouteName, RoutesConfig};
+use crate::stats::CoreStats;
 pub use timer::MonoioTimer;
+
+/// What the HTTP layer needs to route and admit requests (one per core, shared by its connections).
+pub struct HttpCtx {
+    pub routes: RoutesConfig,
+    pub header_read_timeout: Duration,
+    pub verifier: Option<Arc<Verifier>>,
+    pub auth_pubsub: bool,
+    pub auth_echo: bool,
+    pub allowed_origins: Vec<String>,
+    pub admission: Arc<Admission>,
+    pub stats: Arc<CoreStats>,
+}
+
+impl HttpCtx {
+    pub fn new(
+        config: &Config,
+        verifier: Option<Arc<Verifier>>,
+        admission: Arc<Admission>,
+        stats: Arc<CoreStats>,
+    ) -> Self {
+        let req = &config.auth.required_on;
+        Self {
+            routes: config.routes.clone(),
+            header_read_timeout: config.limits.header_read_timeout(),
+            verifier,
+            auth_pubsub: req.contains(&RouteName::Pubsub),
+            auth_echo: req.contains(&RouteName::Echo),
+            allowed_origins: config.origin.allowed.clone(),
+            admission,
+            stats,
+        }
+    }
+}
 
 /// Which session an upgraded connection runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,22 +80,27 @@ pub struct Upgraded<S> {
     /// Bytes the client sent after its request (already read by hyper).
     pub read_buf: Bytes,
     pub route: Route,
+    /// The verified token's identity, when one was presented.
+    pub identity: Option<Identity>,
+}
+
+struct Accepted {
+    route: Route,
+    identity: Option<Identity>,
 }
 
 /// Serve HTTP on `io` until it closes (`None`) or upgrades (`Some`).
-pub async fn serve<S>(
-    io: S,
-    routes: Rc<RoutesConfig>,
-    header_read_timeout: Duration,
-) -> Option<Upgraded<S>>
+pub async fn serve<S>(io: S, ctx: Rc<HttpCtx>, peer: IpAddr) -> Option<Upgraded<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let slot: Rc<RefCell<Option<Route>>> = Rc::default();
+    let slot: Rc<RefCell<Option<Accepted>>> = Rc::default();
+    let header_read_timeout = ctx.header_read_timeout;
     let svc = {
         let slot = slot.clone();
         service_fn(move |req| {
-            let resp = respond(&routes, req, &slot);
+            let started = Instant::now();
+            let resp = respond(&ctx, req, peer, &slot, started);
             async move { Ok::<_, Infallible>(resp) }
         })
     };
@@ -64,6 +108,7 @@ where
     builder
         .timer(MonoioTimer)
         .header_read_timeout(header_read_timeout)
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
     match builder
         .serve_connection(TokioIo::new(io), svc)
@@ -71,11 +116,12 @@ where
         .await
     {
         Ok(parts) => {
-            let route = slot.borrow_mut().take()?;
+            let accepted = slot.borrow_mut().take()?;
             Some(Upgraded {
                 io: parts.io.into_inner(),
                 read_buf: parts.read_buf,
-                route,
+                route: accepted.route,
+                identity: accepted.identity,
             })
         }
         Err(e) => {
@@ -96,10 +142,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 fn respond(
-    routes: &RoutesConfig,
+    ctx: &HttpCtx,
     mut req: Request<Incoming>,
-    slot: &RefCell<Option<Route>>,
+    peer: IpAddr,
+    slot: &RefCell<Option<Accepted>>,
+    started: Instant,
 ) -> Response<Full<Bytes>> {
+    let routes = &ctx.routes;
     let path = req.uri().path();
     if path == routes.health {
         return match *req.method() {
@@ -107,12 +156,11 @@ fn respond(
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         };
     }
-    let route = if path == routes.echo {
-        Route::Echo
+    let (route, auth_required) = if path == routes.echo {
+        (Route::Echo, ctx.auth_echo)
     } else if path == routes.pubsub {
-        Route::PubSub {
-            topics: query_topics(req.uri().query()),
-        }
+        let topics = query_topics(req.uri().query());
+        (Route::PubSub { topics }, ctx.auth_pubsub)
     } else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -125,20 +173,81 @@ fn respond(
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
+    let path = path.to_owned();
+    let reject = |status: StatusCode, reason: &'static str| {
+        tracing::info!(
+            client = %peer,
+            path,
+            status = status.as_u16(),
+            reason,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "handshake rejected"
+        );
+        text(status, reason)
+    };
     if req.method() != Method::GET {
-        return text(
+        return reject(
             StatusCode::METHOD_NOT_ALLOWED,
             "WebSocket upgrades must use GET\n",
         );
     }
+    if !ctx.allowed_origins.is_empty() {
+        if let Some(origin) = req.headers().get(ORIGIN) {
+            let ok = origin.to_str().is_ok_and(|o| {
+                ctx.allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            });
+            if !ok {
+                ctx.stats.rejected_origin.add(1);
+                return reject(StatusCode::FORBIDDEN, "origin not allowed\n");
+            }
+        }
+    }
+    match ctx.admission.over_limit(peer) {
+        Some(Refusal::Capacity) => {
+            ctx.stats.rejected_capacity.add(1);
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server at connection capacity\n",
+            );
+        }
+        Some(Refusal::PerIp) => {
+            ctx.stats.rejected_per_ip.add(1);
+            return reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            );
+        }
+        None => {}
+    }
+    let found = find_token(&req);
+    let identity = match (&found, &ctx.verifier) {
+        (Some(f), Some(v)) => match v.verify(&f.token) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                ctx.stats.auth_failures.add(1);
+                return reject(StatusCode::UNAUTHORIZED, e.reason());
+            }
+        },
+        (None, _) | (Some(_), None) if auth_required => {
+            ctx.stats.auth_failures.add(1);
+            return reject(StatusCode::UNAUTHORIZED, AuthError::Missing.reason());
+        }
+        _ => None,
+    };
     match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok((resp, _upgrade_fut)) => {
-            *slot.borrow_mut() = Some(route);
-            resp.map(|_| Full::new(Bytes::new()))
+            *slot.borrow_mut() = Some(Accepted { route, identity });
+            let mut resp = resp.map(|_| Full::new(Bytes::new()));
+            if let Some(p) = found.and_then(|f| f.answer_subprotocol) {
+                resp.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, p);
+            }
+            resp
         }
         Err(e) => {
             tracing::debug!(error = %e, "bad upgrade request");
-            text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n")
+            reject(StatusCode::BAD_REQUEST, "bad WebSocket upgrade request\n")
         }
     }
 }

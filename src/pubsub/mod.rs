@@ -33,6 +33,8 @@ pub struct Subscriber {
     pub barrier: Cell<u32>,
     /// The `ack` frame to send once `barrier` drops to zero.
     pub deferred_ack: RefCell<Option<Bytes>>,
+    /// The authenticated user (JWT `sub`), the address of direct messages.
+    pub user: Option<Arc<str>>,
 }
 
 impl Subscriber {
@@ -75,6 +77,8 @@ pub struct TopicTable {
     local: RefCell<HashMap<Box<str>, Entry, RandomState>>,
     /// topic -> bitmask of other cores with subscribers.
     remote: RefCell<HashMap<Arc<str>, u64, RandomState>>,
+    /// user id -> that user's sessions on this core (direct messages).
+    users: RefCell<HashMap<Arc<str>, IndexMap<u64, Rc<Subscriber>, RandomState>, RandomState>>,
     next_gen: Cell<u64>,
 }
 
@@ -86,6 +90,7 @@ impl TopicTable {
             stats,
             local: RefCell::default(),
             remote: RefCell::default(),
+            users: RefCell::default(),
             next_gen: Cell::new(1),
         }
     }
@@ -182,6 +187,59 @@ impl TopicTable {
         self.deliver_local(topic, &frame)
     }
 
+    /// Register an authenticated session as reachable by direct messages.
+    pub fn add_user_session(&self, sub: &Rc<Subscriber>) {
+        if let Some(u) = &sub.user {
+            self.users
+                .borrow_mut()
+                .entry(u.clone())
+                .or_default()
+                .insert(sub.id, sub.clone());
+        }
+    }
+
+    pub fn remove_user_session(&self, sub: &Subscriber) {
+        if let Some(u) = &sub.user {
+            let mut users = self.users.borrow_mut();
+            if let Some(sessions) = users.get_mut(u) {
+                sessions.swap_remove(&sub.id);
+                if sessions.is_empty() {
+                    users.remove(u);
+                }
+            }
+        }
+    }
+
+    /// Deliver a direct-message frame to every session of `to` on every core. Every other core gets
+    /// it (users are not announced across cores); returns the local sessions reached.
+    pub fn direct(&self, to: &str, frame: Bytes) -> usize {
+        self.stats.direct_messages.add(1);
+        if self.bus.cores() > 1 {
+            let shared: Arc<str> = Arc::from(to);
+            self.bus.broadcast(self.core, || BusMsg::Direct {
+                to: shared.clone(),
+                frame: frame.clone(),
+            });
+        }
+        self.deliver_user(to, &frame)
+    }
+
+    fn deliver_user(&self, to: &str, frame: &Bytes) -> usize {
+        let users = self.users.borrow();
+        let Some(sessions) = users.get(to) else {
+            return 0;
+        };
+        let mut n = 0;
+        for sub in sessions.values() {
+            match sub.outbox.deliver(frame.clone()) {
+                Ok(()) => n += 1,
+                Err(_) => self.stats.slow_consumer_drops.add(1),
+            }
+        }
+        self.stats.deliveries.add(n as u64);
+        n
+    }
+
     fn deliver_local(&self, topic: &str, frame: &Bytes) -> usize {
         let local = self.local.borrow();
         let Some(entry) = local.get(topic) else {
@@ -230,6 +288,10 @@ impl TopicTable {
             BusMsg::Publish { topic, frame } => {
                 self.stats.bus_in.add(1);
                 self.deliver_local(&topic, &frame);
+            }
+            BusMsg::Direct { to, frame } => {
+                self.stats.bus_in.add(1);
+                self.deliver_user(&to, &frame);
             }
             BusMsg::Interest {
                 topic,

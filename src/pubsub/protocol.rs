@@ -21,6 +21,9 @@ pub mod code {
     pub const INVALID_TOPIC: &str = "invalid_topic";
     pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
     pub const UNSUPPORTED_FRAME: &str = "unsupported_frame";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const RATE_LIMITED: &str = "rate_limited";
 }
 
 /// A client request, borrowing from the received text.
@@ -34,6 +37,11 @@ pub enum Request<'a> {
     },
     Publish {
         topic: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    /// Extension: a message to every session of one user (docs/protocol.md).
+    Direct {
+        to: Cow<'a, str>,
         data: &'a RawValue,
     },
 }
@@ -59,6 +67,8 @@ struct Raw<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     topic: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -114,6 +124,16 @@ pub fn parse(text: &str) -> Result<Envelope<'_>, RequestError<'_>> {
                 .data
                 .ok_or_else(|| bad(id, code::BAD_REQUEST, "missing field `data`"))?,
         },
+        "direct" => Request::Direct {
+            to: raw
+                .to
+                .clone()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| bad(id, code::BAD_REQUEST, "missing field `to`"))?,
+            data: raw
+                .data
+                .ok_or_else(|| bad(id, code::BAD_REQUEST, "missing field `data`"))?,
+        },
         _ => {
             return Err(RequestError {
                 id,
@@ -150,6 +170,21 @@ pub fn message_frame(topic: &str, data: &RawValue) -> Bytes {
         &[
             b"{\"type\":\"message\",\"topic\":",
             topic.as_bytes(),
+            b",\"data\":",
+            data.get().as_bytes(),
+            b"}",
+        ],
+    )
+}
+
+/// `{"type":"message","from":USER,"data":D}`: a direct message as its recipients see it.
+pub fn direct_frame(from: &str, data: &RawValue) -> Bytes {
+    let from = json_string(from);
+    encode_frame_parts(
+        OpCode::Text,
+        &[
+            b"{\"type\":\"message\",\"from\":",
+            from.as_bytes(),
             b",\"data\":",
             data.get().as_bytes(),
             b"}",

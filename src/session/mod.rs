@@ -13,14 +13,20 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::auth::Identity;
 use crate::http::Route;
 use crate::pubsub::Subscriber;
 use crate::transport::{self, ConnLimits, End, Outbox};
 use crate::worker::Worker;
 
 /// Run one upgraded connection to its end.
-pub async fn run<S>(io: S, read_buf: Bytes, route: Route, worker: Rc<Worker>)
-where
+pub async fn run<S>(
+    io: S,
+    read_buf: Bytes,
+    route: Route,
+    identity: Option<Identity>,
+    worker: Rc<Worker>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = ConnLimits {
@@ -35,6 +41,7 @@ where
         outbox: Outbox::new(worker.limits.max_outbound_bytes),
         barrier: Cell::new(0),
         deferred_ack: RefCell::new(None),
+        user: identity.as_ref().map(|i| i.user.clone()),
     });
     worker.register_session(&me);
     let end = match route {
@@ -43,7 +50,7 @@ where
             transport::run(io, read_buf, &mut h, limits).await
         }
         Route::PubSub { topics } => {
-            let mut h = pubsub::PubSub::new(worker.clone(), me.clone(), &topics);
+            let mut h = pubsub::PubSub::new(worker.clone(), me.clone(), identity, &topics);
             let end = transport::run(io, read_buf, &mut h, limits).await;
             h.leave();
             end

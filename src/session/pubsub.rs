@@ -1,5 +1,7 @@
-//! The pub/sub route: protocol v1 requests (subscribe / unsubscribe / publish, with optional ids)
-//! applied to this core's topic table. Bad requests get an `error` frame and the session stays open.
+//! The pub/sub route: protocol v1 requests (subscribe / unsubscribe / publish, with optional ids, and
+//! the `direct` extension) applied to this core's topic table. Bad requests get an `error` frame and
+//! the session stays open; the topic permissions of the session's token and its rate limit are
+//! enforced here.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -7,23 +9,76 @@ use std::rc::Rc;
 use ahash::RandomState;
 use serde_json::value::RawValue;
 
+use crate::auth::Identity;
 use crate::pubsub::protocol::{self, code, Request};
 use crate::pubsub::{Subscribed, Subscriber};
-use crate::transport::{CloseReason, Handler, Message, Outbox};
+use crate::transport::{close_code, CloseReason, Handler, Message, Outbox};
 use crate::worker::Worker;
+
+/// Token bucket over `clock::now_ms`.
+struct RateLimit {
+    per_ms: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: u64,
+    /// Messages refused in a row; too many closes the session.
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Option<Self> {
+        (per_sec > 0).then(|| {
+            let burst = f64::from(if burst == 0 { per_sec } else { burst });
+            Self {
+                per_ms: f64::from(per_sec) / 1000.0,
+                burst,
+                tokens: burst,
+                last_ms: crate::clock::now_ms(),
+                strikes: 0,
+            }
+        })
+    }
+
+    fn take(&mut self) -> bool {
+        let now = crate::clock::now_ms();
+        let elapsed = now.saturating_sub(self.last_ms) as f64;
+        self.last_ms = now;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
 
 pub struct PubSub {
     worker: Rc<Worker>,
     me: Rc<Subscriber>,
+    identity: Option<Identity>,
+    rate: Option<RateLimit>,
     /// Topics this session is subscribed to (to enforce the limit and to leave them at the end).
     topics: HashSet<Box<str>, RandomState>,
 }
 
 impl PubSub {
-    pub fn new(worker: Rc<Worker>, me: Rc<Subscriber>, initial: &[String]) -> Self {
+    pub fn new(
+        worker: Rc<Worker>,
+        me: Rc<Subscriber>,
+        identity: Option<Identity>,
+        initial: &[String],
+    ) -> Self {
+        worker.table.add_user_session(&me);
+        let l = &worker.limits;
+        let rate = RateLimit::new(l.rate_limit_per_sec, l.rate_limit_burst);
         let mut s = Self {
             worker,
             me,
+            identity,
+            rate,
             topics: HashSet::default(),
         };
         for t in initial {
@@ -32,11 +87,12 @@ impl PubSub {
         s
     }
 
-    /// Leave every topic.
+    /// Leave every topic and the user table.
     pub fn leave(&mut self) {
         for t in self.topics.drain() {
             self.worker.table.unsubscribe(self.me.id, &t);
         }
+        self.worker.table.remove_user_session(&self.me);
     }
 
     fn error(&self, id: Option<&RawValue>, code: &str, message: &str) {
@@ -51,14 +107,17 @@ impl PubSub {
         }
     }
 
+    /// Topic name rules, then the token's `topics` claim.
     fn check_topic(&self, topic: &str, id: Option<&RawValue>) -> bool {
-        match protocol::check_topic(topic, self.worker.limits.max_topic_len) {
-            Ok(()) => true,
-            Err(why) => {
-                self.error(id, code::INVALID_TOPIC, why);
-                false
-            }
+        if let Err(why) = protocol::check_topic(topic, self.worker.limits.max_topic_len) {
+            self.error(id, code::INVALID_TOPIC, why);
+            return false;
         }
+        if self.identity.as_ref().is_some_and(|i| !i.may_use(topic)) {
+            self.error(id, code::FORBIDDEN, "your token does not allow this topic");
+            return false;
+        }
+        true
     }
 
     fn subscribe(&mut self, topic: &str, id: Option<&RawValue>) {
@@ -90,6 +149,20 @@ impl PubSub {
 impl Handler for PubSub {
     fn on_message(&mut self, msg: Message<'_>) -> Result<(), CloseReason> {
         self.worker.stats.messages_in.add(1);
+        if let Some(rate) = &mut self.rate {
+            if !rate.take() {
+                self.worker.stats.rate_limited.add(1);
+                if rate.strikes >= self.worker.limits.rate_limit_close_after.max(1) {
+                    return Err(CloseReason::new(close_code::POLICY, "rate limit exceeded"));
+                }
+                let id = match msg {
+                    Message::Text(t) => protocol::parse(t).ok().and_then(|e| e.id),
+                    Message::Binary(_) => None,
+                };
+                self.error(id, code::RATE_LIMITED, "too many messages; slow down");
+                return Ok(());
+            }
+        }
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -123,6 +196,18 @@ impl Handler for PubSub {
                     self.ack(env.id);
                 }
             }
+            Request::Direct { to, data } => match &self.identity {
+                Some(me) => {
+                    let frame = protocol::direct_frame(&me.user, data);
+                    self.worker.table.direct(&to, frame);
+                    self.ack(env.id);
+                }
+                None => self.error(
+                    env.id,
+                    code::UNAUTHORIZED,
+                    "direct messages need an authenticated session",
+                ),
+            },
         }
         Ok(())
     }

@@ -214,6 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if n == 0 {
                 return Poll::Ready(Err(End::Eof));
             }
+            h.outbox().touch();
             if self.pending.is_empty() {
                 Poll::Ready(self.process(&mut scratch[..n], h))
             } else {

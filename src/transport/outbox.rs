@@ -33,6 +33,8 @@ pub struct Outbox {
     inner: RefCell<Inner>,
     /// Most bytes a session may have queued before it is closed as a slow consumer.
     limit: usize,
+    /// When the peer last sent anything (`clock::now_ms`), for idle timeouts.
+    last_rx: std::cell::Cell<u64>,
 }
 
 impl Outbox {
@@ -40,17 +42,19 @@ impl Outbox {
         Self {
             inner: RefCell::new(Inner::default()),
             limit,
+            last_rx: std::cell::Cell::new(crate::clock::now_ms()),
         }
     }
 
     /// Queue a frame that others send to this session (a publish). Over the limit, the session is closed
-    /// with 1008 and the frame is dropped for this session only.
+    /// with 1008 and the frame is dropped for this session only. A frame larger than the limit is still
+    /// accepted into an empty queue, so a message within `max_message_size` can always be delivered.
     pub fn deliver(&self, frame: Bytes) -> Result<(), Overflow> {
         let mut inner = self.inner.borrow_mut();
         if inner.close.is_some() {
             return Err(Overflow);
         }
-        if inner.bytes + frame.len() > self.limit {
+        if inner.bytes > 0 && inner.bytes + frame.len() > self.limit {
             discard_unstarted(&mut inner);
             inner.close = Some(CloseReason::new(close_code::POLICY, "slow consumer"));
             wake(&mut inner);
@@ -107,6 +111,16 @@ impl Outbox {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Record that the peer sent something now.
+    pub(crate) fn touch(&self) {
+        self.last_rx.set(crate::clock::now_ms());
+    }
+
+    /// When the peer last sent anything (`clock::now_ms` scale).
+    pub fn last_rx(&self) -> u64 {
+        self.last_rx.get()
     }
 
     pub(crate) fn register(&self, waker: &Waker) {
