@@ -233,7 +233,7 @@ async fn topics_claim_limits_subscribe_and_publish() {
         json!({"type":"publish","topic":"chat.room1","data":"ok","id":5}),
     )
     .await;
-    let mut got = vec![next_json(&mut ws).await, next_json(&mut ws).await];
+    let mut got = [next_json(&mut ws).await, next_json(&mut ws).await];
     got.sort_by_key(|v| v["type"].as_str().map(str::to_owned));
     assert_eq!(got[0], json!({"type":"ack","id":5}));
     assert_eq!(

@@ -57,8 +57,11 @@ struct Announce {
     waiters: Vec<Rc<Subscriber>>,
 }
 
+/// Sessions by id, O(1) insert/remove and fast iteration for fan-out.
+type SessionSet = IndexMap<u64, Rc<Subscriber>, RandomState>;
+
 struct Entry {
-    subs: IndexMap<u64, Rc<Subscriber>, RandomState>,
+    subs: SessionSet,
     announce: Option<Announce>,
 }
 
@@ -78,7 +81,7 @@ pub struct TopicTable {
     /// topic -> bitmask of other cores with subscribers.
     remote: RefCell<HashMap<Arc<str>, u64, RandomState>>,
     /// user id -> that user's sessions on this core (direct messages).
-    users: RefCell<HashMap<Arc<str>, IndexMap<u64, Rc<Subscriber>, RandomState>, RandomState>>,
+    users: RefCell<HashMap<Arc<str>, SessionSet, RandomState>>,
     next_gen: Cell<u64>,
 }
 

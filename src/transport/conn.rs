@@ -15,13 +15,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::OpCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::codec::{
-    check_close_payload, close_code, encode_close, encode_frame, parse_frame, CloseReason,
-    Utf8Progress,
-};
+use super::codec::encode_close;
+use super::frames::{End, Frames, Handler};
 use super::outbox::Outbox;
 
 /// Size of the per-core read scratch buffer.
@@ -35,25 +32,6 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
 
-/// A complete data message, borrowed from the transport's buffers for the duration of the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
-
-/// What a route does with a connection's messages (echo, pub/sub, ...); it never sees the socket.
-pub trait Handler {
-    /// A complete data message arrived; `Err` closes the connection with that reason.
-    fn on_message(&mut self, msg: Message<'_>) -> Result<(), CloseReason>;
-    /// `false` pauses reading (e.g. while a subscription is being confirmed by the other cores).
-    fn wants_input(&self) -> bool {
-        true
-    }
-    /// Where replies and deliveries for this connection are queued.
-    fn outbox(&self) -> &Outbox;
-}
-
 /// Per-route protocol limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -63,36 +41,11 @@ pub struct ConnLimits {
     pub close_timeout: Duration,
 }
 
-/// How a connection ended, for logs and counters.
-#[derive(Debug)]
-pub enum End {
-    /// The peer sent a close frame with this code.
-    PeerClosed(u16),
-    /// The gateway closed it (protocol error, slow consumer, shutdown, ...).
-    Closed(CloseReason),
-    /// The peer vanished without a close frame.
-    Eof,
-    /// A socket or TLS error.
-    Io(io::Error),
-}
-
-struct Fragments {
-    opcode: OpCode,
-    buf: Vec<u8>,
-    utf8: Utf8Progress,
-}
-
 struct Conn<S> {
     io: S,
-    /// Bytes of an incomplete frame; empty (no allocation) between frames.
-    pending: Vec<u8>,
-    /// A fragmented message being reassembled.
-    frag: Option<Fragments>,
+    frames: Frames,
     /// TLS may hold written bytes until flushed.
     needs_flush: bool,
-    /// `pending` may hold whole frames left unparsed because the handler paused input.
-    stalled: bool,
-    limits: ConnLimits,
 }
 
 /// Run a connection until it ends, then perform the close handshake. `prefix` holds bytes the HTTP layer
@@ -104,19 +57,11 @@ where
 {
     let mut conn = Conn {
         io,
-        pending: prefix.to_vec(),
-        frag: None,
+        frames: Frames::new(limits.max_message),
         needs_flush: false,
-        stalled: false,
-        limits,
     };
-    let mut end = if conn.pending.is_empty() {
-        None
-    } else {
-        let mut pending = std::mem::take(&mut conn.pending);
-        let r = conn.process(&mut pending, handler);
-        r.err()
-    };
+    let mut prefix = prefix.to_vec();
+    let mut end = conn.frames.process(&mut prefix, handler).err();
     if end.is_none() {
         end = Some(poll_fn(|cx| conn.poll_open(cx, handler)).await);
     }
@@ -147,10 +92,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if !h.wants_input() || h.outbox().queued_bytes() >= h.outbox().limit() {
                 return Poll::Pending;
             }
-            if self.stalled {
-                self.stalled = false;
-                let mut pending = std::mem::take(&mut self.pending);
-                if let Err(end) = self.process(&mut pending, h) {
+            if self.frames.stalled() {
+                if let Err(end) = self.frames.resume(h) {
                     return Poll::Ready(end);
                 }
                 continue;
@@ -215,97 +158,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Err(End::Eof));
             }
             h.outbox().touch();
-            if self.pending.is_empty() {
-                Poll::Ready(self.process(&mut scratch[..n], h))
-            } else {
-                let mut pending = std::mem::take(&mut self.pending);
-                pending.extend_from_slice(&scratch[..n]);
-                Poll::Ready(self.process(&mut pending, h))
-            }
+            Poll::Ready(self.frames.feed(&mut scratch[..n], h))
         })
-    }
-
-    /// Parse and dispatch every whole frame in `buf`; keep the tail of an incomplete frame.
-    fn process<H: Handler>(&mut self, buf: &mut [u8], h: &mut H) -> Result<(), End> {
-        let mut pos = 0;
-        while pos < buf.len() {
-            if !h.wants_input() {
-                self.stalled = true;
-                break;
-            }
-            let room = self.limits.max_message - self.frag.as_ref().map_or(0, |f| f.buf.len());
-            match parse_frame(&mut buf[pos..], room) {
-                Ok(Some((header, used))) => {
-                    let range = pos + header.payload.start..pos + header.payload.end;
-                    pos += used;
-                    self.on_frame(header.fin, header.opcode, &buf[range], h)?;
-                    if h.outbox().close_requested().is_some() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(reason) => return Err(End::Closed(reason)),
-            }
-        }
-        self.pending.clear();
-        if pos < buf.len() {
-            self.pending.extend_from_slice(&buf[pos..]);
-        } else if self.pending.capacity() > 0 {
-            self.pending = Vec::new();
-        }
-        Ok(())
-    }
-
-    fn on_frame<H: Handler>(
-        &mut self,
-        fin: bool,
-        opcode: OpCode,
-        payload: &[u8],
-        h: &mut H,
-    ) -> Result<(), End> {
-        let closed = End::Closed;
-        match opcode {
-            OpCode::Text | OpCode::Binary => {
-                if self.frag.is_some() {
-                    return Err(closed(CloseReason::protocol("expected continuation frame")));
-                }
-                if fin {
-                    return deliver(h, opcode, payload).map_err(closed);
-                }
-                let mut utf8 = Utf8Progress::default();
-                if opcode == OpCode::Text {
-                    utf8.advance(payload, false).map_err(closed)?;
-                }
-                self.frag = Some(Fragments {
-                    opcode,
-                    buf: payload.to_vec(),
-                    utf8,
-                });
-            }
-            OpCode::Continuation => {
-                let Some(frag) = self.frag.as_mut() else {
-                    return Err(closed(CloseReason::protocol(
-                        "unexpected continuation frame",
-                    )));
-                };
-                frag.buf.extend_from_slice(payload);
-                if frag.opcode == OpCode::Text {
-                    frag.utf8.advance(&frag.buf, fin).map_err(closed)?;
-                }
-                if fin {
-                    if let Some(frag) = self.frag.take() {
-                        deliver(h, frag.opcode, &frag.buf).map_err(closed)?;
-                    }
-                }
-            }
-            OpCode::Ping => h.outbox().reply(encode_frame(OpCode::Pong, payload)),
-            OpCode::Pong => {}
-            OpCode::Close => {
-                let code = check_close_payload(payload).map_err(closed)?;
-                return Err(End::PeerClosed(code));
-            }
-        }
-        Ok(())
     }
 
     /// Close handshake: flush, send our close frame, half-close, then read (and drop) until the peer is
@@ -332,15 +186,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return;
             }
         }
-    }
-}
-
-fn deliver<H: Handler>(h: &mut H, opcode: OpCode, payload: &[u8]) -> Result<(), CloseReason> {
-    if opcode == OpCode::Text {
-        let text = simdutf8::basic::from_utf8(payload)
-            .map_err(|_| CloseReason::new(close_code::INVALID_PAYLOAD, "invalid utf-8"))?;
-        h.on_message(Message::Text(text))
-    } else {
-        h.on_message(Message::Binary(payload))
     }
 }

@@ -7,8 +7,10 @@
 
 pub mod codec;
 mod conn;
+mod frames;
 mod outbox;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, CloseReason};
-pub use conn::{run, ConnLimits, End, Handler, Message};
+pub use conn::{run, ConnLimits};
+pub use frames::{End, Frames, Handler, Message};
 pub use outbox::{Outbox, Overflow};

@@ -20,10 +20,12 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 
 /// A config for tests: ws + wss on ephemeral ports, no pinning, short close/shutdown timers.
 pub fn config(cores: usize, driver: DriverChoice) -> Config {
-    let mut c = Config::default();
-    c.cores = cores;
-    c.driver = driver;
-    c.pin_cores = false;
+    let mut c = Config {
+        cores,
+        driver,
+        pin_cores: false,
+        ..Config::default()
+    };
     c.listen.ws = "127.0.0.1:0".into();
     c.listen.wss = "127.0.0.1:0".into();
     c.limits.close_timeout_ms = 500;

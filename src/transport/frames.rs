@@ -1,0 +1,190 @@
+//! The sans-IO half of a WebSocket connection: bytes in -> frames -> whole messages for the
+//! [`Handler`], with everything RFC 6455 asks of a server on the way (pings, fragment reassembly with
+//! fail-fast UTF-8 checks, close validation, size limits). No socket here: `conn.rs` feeds it bytes,
+//! and the fuzz targets feed it arbitrary input directly.
+
+use std::io;
+
+use fastwebsockets::OpCode;
+
+use super::codec::{
+    check_close_payload, close_code, encode_frame, parse_frame, CloseReason, Utf8Progress,
+};
+use super::outbox::Outbox;
+
+/// A complete data message, borrowed from the transport's buffers for the duration of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What a route does with a connection's messages (echo, pub/sub, ...); it never sees the socket.
+pub trait Handler {
+    /// A complete data message arrived; `Err` closes the connection with that reason.
+    fn on_message(&mut self, msg: Message<'_>) -> Result<(), CloseReason>;
+    /// `false` pauses reading (e.g. while a subscription is being confirmed by the other cores).
+    fn wants_input(&self) -> bool {
+        true
+    }
+    /// Where replies and deliveries for this connection are queued.
+    fn outbox(&self) -> &Outbox;
+}
+
+/// How a connection ended, for logs and counters.
+#[derive(Debug)]
+pub enum End {
+    /// The peer sent a close frame with this code.
+    PeerClosed(u16),
+    /// The gateway closed it (protocol error, slow consumer, shutdown, ...).
+    Closed(CloseReason),
+    /// The peer vanished without a close frame.
+    Eof,
+    /// A socket or TLS error.
+    Io(io::Error),
+}
+
+struct Fragments {
+    opcode: OpCode,
+    buf: Vec<u8>,
+    utf8: Utf8Progress,
+}
+
+/// Frame parsing and message assembly state of one connection.
+pub struct Frames {
+    /// Bytes of an incomplete frame; empty (no allocation) between frames.
+    pending: Vec<u8>,
+    /// A fragmented message being reassembled.
+    frag: Option<Fragments>,
+    /// `pending` may hold whole frames left unparsed because the handler paused input.
+    stalled: bool,
+    /// Largest message accepted (after reassembly).
+    max_message: usize,
+}
+
+impl Frames {
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            pending: Vec::new(),
+            frag: None,
+            stalled: false,
+            max_message,
+        }
+    }
+
+    /// Whether whole frames wait in `pending` for the handler to want input again.
+    pub fn stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// Feed newly received bytes (parsed in place when nothing is pending).
+    pub fn feed<H: Handler>(&mut self, data: &mut [u8], h: &mut H) -> Result<(), End> {
+        if self.pending.is_empty() {
+            self.process(data, h)
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(data);
+            self.process(&mut pending, h)
+        }
+    }
+
+    /// Continue with what was left unparsed while the handler paused input.
+    pub fn resume<H: Handler>(&mut self, h: &mut H) -> Result<(), End> {
+        self.stalled = false;
+        let mut pending = std::mem::take(&mut self.pending);
+        self.process(&mut pending, h)
+    }
+
+    /// Parse and dispatch every whole frame in `buf`; keep the tail of an incomplete frame.
+    pub fn process<H: Handler>(&mut self, buf: &mut [u8], h: &mut H) -> Result<(), End> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            if !h.wants_input() {
+                self.stalled = true;
+                break;
+            }
+            let room = self.max_message - self.frag.as_ref().map_or(0, |f| f.buf.len());
+            match parse_frame(&mut buf[pos..], room) {
+                Ok(Some((header, used))) => {
+                    let range = pos + header.payload.start..pos + header.payload.end;
+                    pos += used;
+                    self.on_frame(header.fin, header.opcode, &buf[range], h)?;
+                    if h.outbox().close_requested().is_some() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(reason) => return Err(End::Closed(reason)),
+            }
+        }
+        self.pending.clear();
+        if pos < buf.len() {
+            self.pending.extend_from_slice(&buf[pos..]);
+        } else if self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn on_frame<H: Handler>(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+        h: &mut H,
+    ) -> Result<(), End> {
+        let closed = End::Closed;
+        match opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.frag.is_some() {
+                    return Err(closed(CloseReason::protocol("expected continuation frame")));
+                }
+                if fin {
+                    return deliver(h, opcode, payload).map_err(closed);
+                }
+                let mut utf8 = Utf8Progress::default();
+                if opcode == OpCode::Text {
+                    utf8.advance(payload, false).map_err(closed)?;
+                }
+                self.frag = Some(Fragments {
+                    opcode,
+                    buf: payload.to_vec(),
+                    utf8,
+                });
+            }
+            OpCode::Continuation => {
+                let Some(frag) = self.frag.as_mut() else {
+                    return Err(closed(CloseReason::protocol(
+                        "unexpected continuation frame",
+                    )));
+                };
+                frag.buf.extend_from_slice(payload);
+                if frag.opcode == OpCode::Text {
+                    frag.utf8.advance(&frag.buf, fin).map_err(closed)?;
+                }
+                if fin {
+                    if let Some(frag) = self.frag.take() {
+                        deliver(h, frag.opcode, &frag.buf).map_err(closed)?;
+                    }
+                }
+            }
+            OpCode::Ping => h.outbox().reply(encode_frame(OpCode::Pong, payload)),
+            OpCode::Pong => {}
+            OpCode::Close => {
+                let code = check_close_payload(payload).map_err(closed)?;
+                return Err(End::PeerClosed(code));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn deliver<H: Handler>(h: &mut H, opcode: OpCode, payload: &[u8]) -> Result<(), CloseReason> {
+    if opcode == OpCode::Text {
+        let text = simdutf8::basic::from_utf8(payload)
+            .map_err(|_| CloseReason::new(close_code::INVALID_PAYLOAD, "invalid utf-8"))?;
+        h.on_message(Message::Text(text))
+    } else {
+        h.on_message(Message::Binary(payload))
+    }
+}
