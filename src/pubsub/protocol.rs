@@ -80,6 +80,35 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// Deepest nesting of arrays/objects accepted in `data` (serde_json's own limit for the envelope).
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// Nesting depth of a JSON text that is already known to be valid (strings are skipped).
+fn json_depth(raw: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for &b in raw.as_bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parse one text message of the pub/sub route.
 pub fn parse(text: &str) -> Result<Envelope<'_>, RequestError<'_>> {
     let raw: Raw<'_> = serde_json::from_str(text).map_err(|e| RequestError {
@@ -107,6 +136,16 @@ pub fn parse(text: &str) -> Result<Envelope<'_>, RequestError<'_>> {
         }
     }
     let id = raw.id;
+    if raw
+        .data
+        .is_some_and(|d| json_depth(d.get()) > MAX_DATA_DEPTH)
+    {
+        return Err(bad(
+            id,
+            code::BAD_REQUEST,
+            "`data` is nested too deeply (at most 128 levels)",
+        ));
+    }
     let kind = raw
         .kind
         .ok_or_else(|| bad(id, code::BAD_REQUEST, "missing field `type`"))?;
@@ -282,6 +321,19 @@ mod tests {
         assert_eq!(
             payload(&f),
             r#"{"type":"error","id":1,"code":"bad_request","message":"m \"q\""}"#
+        );
+    }
+
+    #[test]
+    fn depth_of_data_is_bounded() {
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{"}]}"#), 3);
+        assert_eq!(json_depth(r#""\"[[""#), 0);
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let text = format!(r#"{{"type":"publish","topic":"t","data":{deep},"id":1}}"#);
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            (e.code, e.id.map(|i| i.get())),
+            (code::BAD_REQUEST, Some("1"))
         );
     }
 

@@ -141,3 +141,94 @@ pub async fn subscribe(ws: &mut Ws, topic: &str, id: u64) {
     let ack = next_json(ws).await;
     assert_eq!(ack, serde_json::json!({"type":"ack","id":id}));
 }
+
+/// A hand-driven WebSocket client over a raw socket, for sending what well-behaved clients cannot.
+pub mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Connect and upgrade; returns the socket positioned after the 101 response.
+    pub async fn upgrade(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).ok();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("send request");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("response");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    }
+
+    /// Encode a client frame; `mask: None` sends it unmasked (a protocol violation).
+    pub fn frame(first_byte: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut v = vec![first_byte];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => v.push(m | n as u8),
+            n if n < 65536 => {
+                v.push(m | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(m | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(k) => {
+                v.extend_from_slice(&k);
+                v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => v.extend_from_slice(payload),
+        }
+        v
+    }
+
+    /// A final, masked text frame.
+    pub fn text(payload: &str) -> Vec<u8> {
+        frame(0x81, payload.as_bytes(), Some([7, 1, 3, 9]))
+    }
+
+    /// Read one server frame: (first byte, payload).
+    pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.expect("frame header");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b).await.expect("len16");
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b).await.expect("len64");
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).await.expect("payload");
+        (h[0], p)
+    }
+
+    /// Read frames until a close frame; returns its code.
+    pub async fn read_close_code(s: &mut TcpStream) -> u16 {
+        loop {
+            let (b0, p) = read_frame(s).await;
+            if b0 & 0x0f == 0x8 {
+                return u16::from_be_bytes([p[0], p[1]]);
+            }
+        }
+    }
+}
