@@ -87,6 +87,12 @@ impl Bus {
         }
     }
 
+    /// Take the next message for core `me` without waiting (benchmarks and tests; a running core
+    /// drains its inbox in `run`).
+    pub fn try_recv(&self, me: usize) -> Option<BusMsg> {
+        self.inboxes.get(me)?.queue.pop()
+    }
+
     /// Messages waiting for core `me` (for stats).
     pub fn depth(&self, me: usize) -> usize {
         self.inboxes.get(me).map_or(0, |i| i.queue.len())

@@ -113,6 +113,17 @@ impl Outbox {
         self.limit
     }
 
+    /// Drop everything queued (as if written); returns the number of frames. An in-memory sink for
+    /// benchmarks and tests.
+    pub fn drain(&self) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let n = inner.frames.len();
+        inner.frames.clear();
+        inner.bytes = 0;
+        inner.front_started = false;
+        n
+    }
+
     /// Record that the peer sent something now.
     pub(crate) fn touch(&self) {
         self.last_rx.set(crate::clock::now_ms());
