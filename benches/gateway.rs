@@ -82,6 +82,7 @@ fn bus_hop(c: &mut Criterion) {
                 BusMsg::Publish {
                     topic: topic.clone(),
                     frame: frame.clone(),
+                    published_us: 0,
                 },
             );
             loop {

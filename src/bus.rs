@@ -23,8 +23,13 @@ const DRAIN_BUDGET: usize = 512;
 /// What cores send each other.
 #[derive(Debug)]
 pub enum BusMsg {
-    /// Deliver this frame to the local subscribers of `topic`.
-    Publish { topic: Arc<str>, frame: Bytes },
+    /// Deliver this frame to the local subscribers of `topic`; `published_us` (`clock::now_us`) is
+    /// when the publish was accepted, for the latency histogram.
+    Publish {
+        topic: Arc<str>,
+        frame: Bytes,
+        published_us: u64,
+    },
     /// Deliver this frame to every local session of user `to`.
     Direct { to: Arc<str>, frame: Bytes },
     /// Core `from` now has (`on`) or no longer has local subscribers of `topic`. `gen` numbers the

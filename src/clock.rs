@@ -10,3 +10,8 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
+
+/// Microseconds since the first call in this process (same epoch on every core).
+pub fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use crate::admission::Admission;
 use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, ConfigError};
+use crate::control::{Control, ReloadReport};
 use crate::stats::{CoreSnapshot, CoreStats, DriverKind};
 use crate::tls::{self, TlsError};
 use crate::worker::{run_core, CoreSpec};
@@ -42,19 +43,31 @@ pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
     self_signed_pem: Option<String>,
     fd_limit: Option<u64>,
-    admission: Arc<Admission>,
+    admin: Option<SocketAddr>,
+    control: Arc<Control>,
 }
 
-/// A cloneable handle that stops the gateway from anywhere (signal handlers, other threads).
+/// A cloneable handle that stops or reloads the gateway from anywhere (signal handlers, threads).
 #[derive(Clone)]
-pub struct ShutdownHandle(Arc<Bus>);
+pub struct ShutdownHandle {
+    bus: Arc<Bus>,
+    control: Arc<Control>,
+}
 
 impl ShutdownHandle {
     /// Ask every core to stop accepting, close its sessions with 1001 and exit.
     pub fn shutdown(&self) {
-        for core in 0..self.0.cores() {
-            self.0.send(core, BusMsg::Shutdown);
+        self.control
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for core in 0..self.bus.cores() {
+            self.bus.send(core, BusMsg::Shutdown);
         }
+    }
+
+    /// Re-read the certificate and auth key files (what SIGHUP does).
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        self.control.reload()
     }
 }
 
@@ -95,7 +108,36 @@ impl Gateway {
                     .map_err(|source| StartError::Bind { key, addr, source }),
             }
         };
-        let verifier = crate::auth::Verifier::from_config(&config.auth)?.map(Arc::new);
+        let verifier = Arc::new(arc_swap::ArcSwapOption::new(
+            crate::auth::Verifier::from_config(&config.auth)?.map(Arc::new),
+        ));
+        let admin_listener = match config.admin_addr() {
+            None => None,
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Bind {
+                        key: "admin.listen",
+                        addr,
+                        source,
+                    })?,
+            ),
+        };
+        let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let api_key = match (&config.admin.api_key, &config.admin.api_key_file) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map(|k| k.trim().to_string())
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "admin.api_key_file",
+                        message: format!("cannot read a key from {}", path.display()),
+                    })?,
+            ),
+            (None, None) => None,
+        };
         let admission = Admission::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
@@ -112,6 +154,16 @@ impl Gateway {
         let bus = Bus::new(cores);
         let stats: Vec<Arc<CoreStats>> = (0..cores).map(|_| Arc::default()).collect();
         let config = Arc::new(config);
+        let control = Arc::new(Control {
+            config: config.clone(),
+            started: std::time::Instant::now(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            stats: stats.clone(),
+            admission: admission.clone(),
+            certs: tls.as_ref().map(|t| t.store.clone()),
+            verifier: verifier.clone(),
+        });
+        let mut admin_listener = admin_listener;
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(cores);
         for (idx, (ws, wss)) in ws.into_iter().zip(wss).enumerate() {
@@ -123,6 +175,13 @@ impl Gateway {
                 tls: tls.as_ref().map(|t| t.config.clone()),
                 verifier: verifier.clone(),
                 admission: admission.clone(),
+                admin: if idx == 0 {
+                    admin_listener
+                        .take()
+                        .map(|l| (l, control.clone(), api_key.clone()))
+                } else {
+                    None
+                },
                 bus: bus.clone(),
                 stats: stats[idx].clone(),
                 ready: ready_tx.clone(),
@@ -146,7 +205,8 @@ impl Gateway {
             threads,
             self_signed_pem: tls.and_then(|t| t.self_signed_pem),
             fd_limit,
-            admission,
+            admin: admin_bound,
+            control,
         };
         for core in 0..cores {
             match ready_rx.recv() {
@@ -199,16 +259,38 @@ impl Gateway {
 
     /// Open connections gateway-wide (any phase).
     pub fn open_connections(&self) -> usize {
-        self.admission.open()
+        self.control.admission.open()
     }
 
     /// Open connections from `ip` (tracked only when `limits.max_connections_per_ip` is set).
     pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
-        self.admission.ip_connections(ip)
+        self.control.admission.ip_connections(ip)
+    }
+
+    /// Address of the admin listener, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Re-read the certificate and auth key files; established sessions are untouched.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        self.control.reload()
+    }
+
+    /// DER of the certificate new wss connections get.
+    pub fn current_certificate_der(&self) -> Option<Vec<u8>> {
+        self.control
+            .certs
+            .as_ref()
+            .and_then(|c| c.leaf_der())
+            .map(|d| d.to_vec())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.bus.clone())
+        ShutdownHandle {
+            bus: self.bus.clone(),
+            control: self.control.clone(),
+        }
     }
 
     /// Stop gracefully and wait for every core to finish.

@@ -20,14 +20,17 @@
 //! gw.shutdown();
 //! ```
 
+mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bus;
 mod clock;
 pub mod config;
+pub mod control;
 pub mod gateway;
 mod http;
 pub mod listener;
+pub mod metrics;
 pub mod pubsub;
 mod session;
 mod shutdown;

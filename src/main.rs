@@ -45,20 +45,35 @@ struct Cli {
     /// Path of the echo WebSocket route [config: routes.echo; default /echo].
     #[arg(long, value_name = "PATH")]
     echo_path: Option<String>,
+    /// Admin listener (API, /metrics, status page), or "off" [config: admin.listen; default 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check: bool,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e:#}");
@@ -81,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         driver: cli.driver,
         pubsub_path: cli.pubsub_path,
         echo_path: cli.echo_path,
+        admin: cli.admin,
     });
     config.validate()?;
     if cli.check {
@@ -143,6 +159,12 @@ fn print_banner(gw: &Gateway, routes: &wsgate::config::RoutesConfig) {
             ),
             Err(e) => writeln!(out, "  TLS: generated a self-signed certificate (could not save it: {e})"),
         };
+    }
+    if let Some(a) = gw.admin_addr() {
+        let _ = writeln!(
+            out,
+            "  admin    http://{a}/  (status page; /metrics, /api/stats, POST /api/publish)"
+        );
     }
     if let Some(a) = gw.ws_addr() {
         let _ = writeln!(

@@ -4,6 +4,9 @@
 //! line, so the hot path has no contended atomics and no locks. Readers sum the cores at read time.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
 
 /// A single-writer counter or gauge.
 #[derive(Debug, Default)]
@@ -21,6 +24,10 @@ impl Counter {
     }
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
     }
 }
 
@@ -56,10 +63,19 @@ pub struct CoreStats {
     pub direct_messages: Counter,
     pub tls_handshake_failures: Counter,
     pub upgrades: Counter,
+    /// Upgrades that came over TLS (the rest are plain).
+    pub upgrades_tls: Counter,
+    /// Sessions closed as slow consumers / for their rate limit.
+    pub slow_consumer_closes: Counter,
+    pub rate_limit_closes: Counter,
     /// Topics with at least one local subscriber.
     pub topics: Counter,
     pub subscriptions: Counter,
     pub messages_in: Counter,
+    /// Frames written to clients (deliveries, acks, echoes, control frames).
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
     pub publishes: Counter,
     /// Frames queued to local subscribers.
     pub deliveries: Counter,
@@ -71,6 +87,57 @@ pub struct CoreStats {
     pub protocol_errors: Counter,
     /// 0 = not started, 1 = io_uring, 2 = epoll.
     driver: AtomicU8,
+    /// The core's publish-to-write latency, copied from its core-local histogram once a second (the
+    /// only lock here: taken by the core once a second and by scrapes).
+    pub latency: Mutex<LatencySnapshot>,
+    /// Accept -> upgrade durations, summarised the same way.
+    pub handshake_latency: Mutex<LatencySnapshot>,
+    /// Bus inbox depth, sampled once a second by the core.
+    pub bus_depth: Counter,
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets exported to Prometheus.
+pub const LATENCY_BUCKETS_S: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A summary of an hdrhistogram of microseconds: enough for Prometheus buckets and percentiles.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub sum_us: f64,
+    /// Cumulative counts at each bound of `LATENCY_BUCKETS_S`.
+    pub buckets: Vec<u64>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySnapshot {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let buckets = LATENCY_BUCKETS_S
+            .iter()
+            .map(|le| h.count_between(0, (le * 1e6) as u64))
+            .collect();
+        Self {
+            count: h.len(),
+            sum_us: h.mean() * h.len() as f64,
+            buckets,
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// A histogram of microseconds, 1 µs to 60 s, 2 significant digits (small enough to summarise
+/// every second).
+pub fn latency_histogram() -> Histogram<u64> {
+    // Constant, valid bounds: this cannot fail at run time.
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
 }
 
 impl CoreStats {
@@ -110,9 +177,16 @@ pub struct CoreSnapshot {
     pub direct_messages: u64,
     pub tls_handshake_failures: u64,
     pub upgrades: u64,
+    pub upgrades_tls: u64,
+    pub slow_consumer_closes: u64,
+    pub rate_limit_closes: u64,
+    pub bus_depth: u64,
     pub topics: u64,
     pub subscriptions: u64,
     pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     pub publishes: u64,
     pub deliveries: u64,
     pub bus_out: u64,
@@ -139,9 +213,16 @@ impl CoreSnapshot {
             direct_messages: s.direct_messages.get(),
             tls_handshake_failures: s.tls_handshake_failures.get(),
             upgrades: s.upgrades.get(),
+            upgrades_tls: s.upgrades_tls.get(),
+            slow_consumer_closes: s.slow_consumer_closes.get(),
+            rate_limit_closes: s.rate_limit_closes.get(),
+            bus_depth: s.bus_depth.get(),
             topics: s.topics.get(),
             subscriptions: s.subscriptions.get(),
             messages_in: s.messages_in.get(),
+            messages_out: s.messages_out.get(),
+            bytes_in: s.bytes_in.get(),
+            bytes_out: s.bytes_out.get(),
             publishes: s.publishes.get(),
             deliveries: s.deliveries.get(),
             bus_out: s.bus_out.get(),

@@ -32,8 +32,14 @@ pub(crate) struct CoreSpec {
     pub ws: Option<std::net::TcpListener>,
     pub wss: Option<std::net::TcpListener>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub verifier: Option<Arc<Verifier>>,
+    pub verifier: Arc<arc_swap::ArcSwapOption<Verifier>>,
     pub admission: Arc<Admission>,
+    /// The admin listener, its control handle and API key (core 0 only).
+    pub admin: Option<(
+        std::net::TcpListener,
+        Arc<crate::control::Control>,
+        Option<String>,
+    )>,
     pub bus: Arc<Bus>,
     pub stats: Arc<CoreStats>,
     pub ready: mpsc::Sender<Result<DriverKind, String>>,
@@ -45,6 +51,8 @@ const REFUSAL_MARGIN: usize = 256;
 
 /// One core's state, shared by its tasks through `Rc`.
 pub struct Worker {
+    /// Fired when this core stops; long-running tasks select on it.
+    pub(crate) shutdown: Shutdown,
     pub idx: usize,
     pub limits: LimitsConfig,
     pub http: Rc<HttpCtx>,
@@ -54,7 +62,11 @@ pub struct Worker {
     next_id: Cell<u64>,
     /// Live sessions, so shutdown can close each with 1001.
     sessions: RefCell<HashMap<u64, Rc<Subscriber>>>,
-    shutdown: Shutdown,
+    /// Publish-to-write latency of sampled deliveries on this core (µs); summarised into
+    /// `stats.latency` once a second.
+    latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Accept -> upgrade durations on this core (µs).
+    handshakes: RefCell<hdrhistogram::Histogram<u64>>,
 }
 
 impl Worker {
@@ -70,6 +82,36 @@ impl Worker {
 
     pub fn unregister_session(&self, id: u64) {
         self.sessions.borrow_mut().remove(&id);
+    }
+
+    /// Account for bytes/frames a session wrote (and a sampled publish-to-write latency).
+    pub fn on_written(&self, bytes: usize, frames: usize, sampled_publish_us: Option<u64>) {
+        self.stats.bytes_out.add(bytes as u64);
+        self.stats.messages_out.add(frames as u64);
+        if let Some(t) = sampled_publish_us {
+            let us = crate::clock::now_us().saturating_sub(t).max(1);
+            let _ = self.latency.borrow_mut().record(us);
+        }
+    }
+
+    fn publish_latency_snapshot(&self) {
+        let snap = crate::stats::LatencySnapshot::of(&self.latency.borrow());
+        if let Ok(mut l) = self.stats.latency.lock() {
+            *l = snap;
+        }
+        let snap = crate::stats::LatencySnapshot::of(&self.handshakes.borrow());
+        if let Ok(mut l) = self.stats.handshake_latency.lock() {
+            *l = snap;
+        }
+        self.stats.bus_depth.set(self.table.bus_depth() as u64);
+    }
+
+    fn record_handshake(&self, accepted: std::time::Instant, tls: bool) {
+        let us = (accepted.elapsed().as_micros() as u64).max(1);
+        let _ = self.handshakes.borrow_mut().record(us);
+        if tls {
+            self.stats.upgrades_tls.add(1);
+        }
     }
 
     /// One heartbeat round: close sessions silent for longer than `idle_timeout_ms`; ping the rest
@@ -139,12 +181,14 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         tls,
         verifier,
         admission,
+        admin,
         bus,
         stats,
         ready,
     } = spec;
     stats.set_driver(driver);
     let worker = Rc::new(Worker {
+        shutdown: Shutdown::default(),
         idx,
         limits: config.limits.clone(),
         http: Rc::new(HttpCtx::new(
@@ -158,7 +202,8 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         admission,
         next_id: Cell::new(1),
         sessions: RefCell::default(),
-        shutdown: Shutdown::default(),
+        latency: RefCell::new(crate::stats::latency_histogram()),
+        handshakes: RefCell::new(crate::stats::latency_histogram()),
     });
     let adopt = |l: Option<std::net::TcpListener>| l.map(TcpListener::from_std).transpose();
     let (ws, wss) = match (adopt(ws), adopt(wss)) {
@@ -194,6 +239,20 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
     if worker.limits.ping_interval_ms > 0 || worker.limits.idle_timeout_ms > 0 {
         monoio::spawn(heartbeats(worker.clone()));
     }
+    monoio::spawn(latency_snapshots(worker.clone()));
+    if let Some((listener, control, api_key)) = admin {
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                monoio::spawn(crate::admin::serve(l, worker.clone(), control, api_key));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "core {idx}: cannot adopt the admin listener: {e}"
+                )));
+                return;
+            }
+        }
+    }
     let _ = ready.send(Ok(driver));
     worker.shutdown.wait().await;
     drain(&worker).await;
@@ -212,6 +271,16 @@ async fn drain(worker: &Worker) {
     let deadline = Instant::now() + worker.limits.shutdown_grace();
     while worker.stats.sessions.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Once a second, summarise the core's latency histogram where scrapes can read it.
+async fn latency_snapshots(worker: Rc<Worker>) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_secs(1)) => worker.publish_latency_snapshot(),
+            _ = worker.shutdown.wait() => return,
+        }
     }
 }
 
@@ -300,6 +369,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
 ) {
     let peer = ticket.ip();
+    let accepted = Instant::now();
     let guard = ConnGuard::new(&worker.stats, ticket);
     let io = match stream.into_poll_io() {
         Ok(io) => io,
@@ -318,6 +388,7 @@ async fn connection(
                 return;
             };
             if let Some(up) = up {
+                worker.record_handshake(accepted, false);
                 monoio::spawn(async move {
                     let _guard = guard;
                     crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await
@@ -342,6 +413,7 @@ async fn connection(
                 return;
             };
             if let Some(up) = up {
+                worker.record_handshake(accepted, true);
                 monoio::spawn(async move {
                     let _guard = guard;
                     crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await

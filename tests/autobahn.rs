@@ -31,7 +31,12 @@ fn ensure_kosoku() {
     );
 }
 
+/// The two runs take turns: each is a few hundred timed cases, and running them side by side on a
+/// small machine only makes both slower.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_autobahn(driver: DriverChoice) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     ensure_kosoku();
     let mut c = common::config(2, driver);
     c.listen.wss = "off".into();
@@ -80,6 +85,14 @@ fn run_autobahn(driver: DriverChoice) {
         }
     }
     eprintln!("autobahn ({driver:?}): {} cases, {tally:?}", cases.len());
+    for f in &failed {
+        let id = f.split(':').next().unwrap_or_default();
+        let file = out
+            .path()
+            .join(cases[id]["reportfile"].as_str().unwrap_or_default());
+        let detail = std::fs::read_to_string(&file).unwrap_or_default();
+        eprintln!("{f}\n{}", &detail[..detail.len().min(2000)]);
+    }
     assert!(
         cases.len() > 290,
         "expected the whole 1.*-10.* selection, got {}",

@@ -109,7 +109,14 @@ fn bad_configs_name_the_key_or_file() {
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    fails_with(&["--ws", &addr, "--wss", "off"], "listen.ws");
+    fails_with(
+        &["--ws", &addr, "--wss", "off", "--admin", "off"],
+        "listen.ws",
+    );
+    fails_with(
+        &["--ws", "127.0.0.1:0", "--wss", "off", "--admin", &addr],
+        "admin.listen",
+    );
 }
 
 #[tokio::test]
@@ -123,7 +130,7 @@ async fn binary_serves_ws_and_wss_and_stops_on_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "cores = 2\n[listen]\nws = \"127.0.0.1:0\"\nwss = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            "cores = 2\n[listen]\nws = \"127.0.0.1:0\"\nwss = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"off\"\n",
             cert, key
         ),
     )

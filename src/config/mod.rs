@@ -60,6 +60,35 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub origin: OriginConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: backend publish API, stats, health/readiness, metrics, reload, status page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address, or "off". Keep it off the public interface.
+    pub listen: String,
+    /// Bearer key required on everything but /healthz and /readyz; unset = no key (loopback only!).
+    pub api_key: Option<String>,
+    /// File holding the API key (surrounding whitespace trimmed).
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Serve /metrics (Prometheus text).
+    pub metrics: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            api_key: None,
+            api_key_file: None,
+            max_body_bytes: 1 << 20,
+            metrics: true,
+        }
+    }
 }
 
 /// A WebSocket route, as named in `auth.required_on`.
@@ -209,6 +238,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             origin: OriginConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -266,6 +296,7 @@ pub struct Overrides {
     pub driver: Option<DriverChoice>,
     pub pubsub_path: Option<String>,
     pub echo_path: Option<String>,
+    pub admin: Option<String>,
 }
 
 impl Config {
@@ -312,6 +343,9 @@ impl Config {
         if let Some(v) = o.echo_path {
             self.routes.echo = v;
         }
+        if let Some(v) = o.admin {
+            self.admin.listen = v;
+        }
     }
 
     /// Check every value; the error names the key.
@@ -329,6 +363,29 @@ impl Config {
                 "listen",
                 "both listeners are off; enable ws or wss",
             ));
+        }
+        let admin = parse_listen("admin.listen", &self.admin.listen)?;
+        for (key, other) in [("admin.listen", ws), ("admin.listen", wss)] {
+            if let (Some(a), Some(b)) = (admin, other) {
+                if a == b && a.port() != 0 {
+                    return Err(invalid(
+                        key,
+                        format!("same address as a public listener ({a})"),
+                    ));
+                }
+            }
+        }
+        if self.admin.api_key.is_some() && self.admin.api_key_file.is_some() {
+            return Err(invalid(
+                "admin.api_key",
+                "set either admin.api_key or admin.api_key_file, not both",
+            ));
+        }
+        if self.admin.api_key.as_deref() == Some("") {
+            return Err(invalid("admin.api_key", "must not be empty"));
+        }
+        if self.admin.max_body_bytes == 0 {
+            return Err(invalid("admin.max_body_bytes", "must be greater than 0"));
         }
         if let (Some(a), Some(b)) = (ws, wss) {
             if a == b && a.port() != 0 {
@@ -431,6 +488,13 @@ impl Config {
     /// The TLS listener address (`None` when "off"). Call after `validate`.
     pub fn wss_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.wss", &self.listen.wss).ok().flatten()
+    }
+
+    /// The admin listener address (`None` when "off"). Call after `validate`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        parse_listen("admin.listen", &self.admin.listen)
+            .ok()
+            .flatten()
     }
 
     /// Worker count with 0 resolved to the CPUs available.

@@ -25,6 +25,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use arc_swap::ArcSwapOption;
+
 use crate::admission::{Admission, Refusal};
 use crate::auth::{find_token, AuthError, Identity, Verifier};
 use crate::config::{Config, RouteName, RoutesConfig};
@@ -35,7 +37,7 @@ pub use timer::MonoioTimer;
 pub struct HttpCtx {
     pub routes: RoutesConfig,
     pub header_read_timeout: Duration,
-    pub verifier: Option<Arc<Verifier>>,
+    pub verifier: Arc<ArcSwapOption<Verifier>>,
     pub auth_pubsub: bool,
     pub auth_echo: bool,
     pub allowed_origins: Vec<String>,
@@ -46,7 +48,7 @@ pub struct HttpCtx {
 impl HttpCtx {
     pub fn new(
         config: &Config,
-        verifier: Option<Arc<Verifier>>,
+        verifier: Arc<ArcSwapOption<Verifier>>,
         admission: Arc<Admission>,
         stats: Arc<CoreStats>,
     ) -> Self {
@@ -222,7 +224,8 @@ fn respond(
         None => {}
     }
     let found = find_token(&req);
-    let identity = match (&found, &ctx.verifier) {
+    let verifier = ctx.verifier.load();
+    let identity = match (&found, &*verifier) {
         (Some(f), Some(v)) => match v.verify(&f.token) {
             Ok(id) => Some(id),
             Err(e) => {

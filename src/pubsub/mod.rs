@@ -173,6 +173,7 @@ impl TopicTable {
     /// some. Returns the number of local sessions reached.
     pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
         self.stats.publishes.add(1);
+        let published_us = crate::clock::now_us();
         let mask = self.remote.borrow().get(topic).copied().unwrap_or(0);
         if mask != 0 {
             let shared: Arc<str> = Arc::from(topic);
@@ -183,11 +184,17 @@ impl TopicTable {
                     BusMsg::Publish {
                         topic: shared.clone(),
                         frame: frame.clone(),
+                        published_us,
                     },
                 );
             }
         }
-        self.deliver_local(topic, &frame)
+        self.deliver_local(topic, &frame, published_us)
+    }
+
+    /// Messages waiting in this core's bus inbox.
+    pub fn bus_depth(&self) -> usize {
+        self.bus.depth(self.core)
     }
 
     /// Register an authenticated session as reachable by direct messages.
@@ -243,14 +250,17 @@ impl TopicTable {
         n
     }
 
-    fn deliver_local(&self, topic: &str, frame: &Bytes) -> usize {
+    fn deliver_local(&self, topic: &str, frame: &Bytes, published_us: u64) -> usize {
         let local = self.local.borrow();
         let Some(entry) = local.get(topic) else {
             return 0;
         };
         let mut n = 0;
         for sub in entry.subs.values() {
-            match sub.outbox.deliver(frame.clone()) {
+            match sub
+                .outbox
+                .deliver_stamped(frame.clone(), Some(published_us))
+            {
                 Ok(()) => n += 1,
                 Err(_) => self.stats.slow_consumer_drops.add(1),
             }
@@ -288,9 +298,13 @@ impl TopicTable {
     /// Handle a message from another core; anything that is not pub/sub is handed back.
     pub fn on_bus(&self, msg: BusMsg) -> Option<BusMsg> {
         match msg {
-            BusMsg::Publish { topic, frame } => {
+            BusMsg::Publish {
+                topic,
+                frame,
+                published_us,
+            } => {
                 self.stats.bus_in.add(1);
-                self.deliver_local(&topic, &frame);
+                self.deliver_local(&topic, &frame, published_us);
             }
             BusMsg::Direct { to, frame } => {
                 self.stats.bus_in.add(1);

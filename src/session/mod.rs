@@ -46,7 +46,7 @@ pub async fn run<S>(
     worker.register_session(&me);
     let end = match route {
         Route::Echo => {
-            let mut h = echo::Echo::new(me.clone());
+            let mut h = echo::Echo::new(worker.clone(), me.clone());
             transport::run(io, read_buf, &mut h, limits).await
         }
         Route::PubSub { topics } => {
@@ -59,6 +59,17 @@ pub async fn run<S>(
     worker.unregister_session(me.id);
     stats.sessions.sub(1);
     match &end {
+        End::Closed(reason) if reason.code == transport::close_code::POLICY => {
+            match reason.reason {
+                "slow consumer" => stats.slow_consumer_closes.add(1),
+                _ => stats.rate_limit_closes.add(1),
+            }
+            tracing::debug!(
+                code = reason.code,
+                reason = reason.reason,
+                "session closed by gateway"
+            );
+        }
         End::Closed(reason) if reason.code != transport::close_code::GOING_AWAY => {
             stats.protocol_errors.add(u64::from(
                 reason.code == transport::close_code::PROTOCOL_ERROR,

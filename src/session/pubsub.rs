@@ -219,4 +219,12 @@ impl Handler for PubSub {
     fn outbox(&self) -> &Outbox {
         &self.me.outbox
     }
+
+    fn on_read(&self, bytes: usize) {
+        self.worker.stats.bytes_in.add(bytes as u64);
+    }
+
+    fn on_written(&self, bytes: usize, frames: usize, sample: Option<u64>) {
+        self.worker.on_written(bytes, frames, sample);
+    }
 }

@@ -83,7 +83,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn poll_open<H: Handler>(&mut self, cx: &mut Context<'_>, h: &mut H) -> Poll<End> {
         h.outbox().register(cx.waker());
         for _ in 0..READ_BUDGET {
-            if let Poll::Ready(Err(e)) = self.poll_write_queue(cx, h.outbox()) {
+            if let Poll::Ready(Err(e)) =
+                self.poll_write_queue(cx, h.outbox(), &|b, f, s| h.on_written(b, f, s))
+            {
                 return Poll::Ready(End::Io(e));
             }
             if let Some(reason) = h.outbox().close_requested() {
@@ -109,7 +111,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Write everything queued with as few `writev`s as the socket allows.
-    fn poll_write_queue(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<io::Result<()>> {
+    fn poll_write_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &Outbox,
+        report: &dyn Fn(usize, usize, Option<u64>),
+    ) -> Poll<io::Result<()>> {
         while !outbox.is_empty() {
             let res = outbox.with_front(|frames| {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -123,7 +130,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match res {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    outbox.consume(n);
+                    let (frames, sample) = outbox.consume(n);
+                    report(n, frames, sample);
                     self.needs_flush = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -158,6 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Err(End::Eof));
             }
             h.outbox().touch();
+            h.on_read(n);
             Poll::Ready(self.frames.feed(&mut scratch[..n], h))
         })
     }
@@ -166,7 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// gone, so the close frame is not lost to a TCP reset. Bounded by the caller's timeout.
     async fn close(&mut self, outbox: &Outbox, frame: Bytes) {
         outbox.force_reply(frame);
-        if poll_fn(|cx| self.poll_write_queue(cx, outbox))
+        if poll_fn(|cx| self.poll_write_queue(cx, outbox, &|_, _, _| {}))
             .await
             .is_err()
         {

@@ -29,6 +29,11 @@ pub trait Handler {
     }
     /// Where replies and deliveries for this connection are queued.
     fn outbox(&self) -> &Outbox;
+    /// `bytes` were read from the peer.
+    fn on_read(&self, _bytes: usize) {}
+    /// `bytes` were written, completing `frames` frames; `sampled_publish_us` is the publish time
+    /// (`clock::now_us`) of a sampled publish this write completed.
+    fn on_written(&self, _bytes: usize, _frames: usize, _sampled_publish_us: Option<u64>) {}
 }
 
 /// How a connection ended, for logs and counters.

@@ -26,6 +26,9 @@ struct Inner {
     close: Option<CloseReason>,
     /// The front frame is partly written; it must be finished before anything else goes out.
     front_started: bool,
+    /// A sampled publish in the queue: (publish time in `clock::now_us`, queued bytes up to and
+    /// including its frame). At most one per session, so sampling costs nothing per frame.
+    stamp: Option<(u64, usize)>,
 }
 
 /// The outbound queue of one session (core-local; shared through `Rc`).
@@ -50,6 +53,12 @@ impl Outbox {
     /// with 1008 and the frame is dropped for this session only. A frame larger than the limit is still
     /// accepted into an empty queue, so a message within `max_message_size` can always be delivered.
     pub fn deliver(&self, frame: Bytes) -> Result<(), Overflow> {
+        self.deliver_stamped(frame, None)
+    }
+
+    /// [`Outbox::deliver`], sampling the frame for the publish-to-write latency histogram when
+    /// `published_us` is given and no other sample is in flight.
+    pub fn deliver_stamped(&self, frame: Bytes, published_us: Option<u64>) -> Result<(), Overflow> {
         let mut inner = self.inner.borrow_mut();
         if inner.close.is_some() {
             return Err(Overflow);
@@ -61,6 +70,9 @@ impl Outbox {
             return Err(Overflow);
         }
         Self::push_locked(&mut inner, frame);
+        if let (Some(t), None) = (published_us, inner.stamp) {
+            inner.stamp = Some((t, inner.bytes));
+        }
         Ok(())
     }
 
@@ -121,6 +133,7 @@ impl Outbox {
         inner.frames.clear();
         inner.bytes = 0;
         inner.front_started = false;
+        inner.stamp = None;
         n
     }
 
@@ -147,9 +160,24 @@ impl Outbox {
         f(&self.inner.borrow().frames)
     }
 
-    pub(crate) fn consume(&self, mut written: usize) {
+    /// Drop `written` bytes from the front. Returns the frames completed and, if this write completed
+    /// the sampled frame, its publish time.
+    pub(crate) fn consume(&self, mut written: usize) -> (usize, Option<u64>) {
+        let mut frames = 0;
         let mut inner = self.inner.borrow_mut();
         inner.bytes -= written;
+        let sample = match &mut inner.stamp {
+            Some((t, upto)) if *upto <= written => {
+                let t = *t;
+                inner.stamp = None;
+                Some(t)
+            }
+            Some((_, upto)) => {
+                *upto -= written;
+                None
+            }
+            None => None,
+        };
         while written > 0 {
             let Some(front) = inner.frames.front_mut() else {
                 break;
@@ -158,6 +186,7 @@ impl Outbox {
                 written -= front.len();
                 inner.frames.pop_front();
                 inner.front_started = false;
+                frames += 1;
             } else {
                 let _ = front.split_to(written);
                 written = 0;
@@ -167,6 +196,7 @@ impl Outbox {
         if inner.frames.is_empty() && inner.frames.capacity() > 64 {
             inner.frames = VecDeque::new();
         }
+        (frames, sample)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -179,6 +209,7 @@ impl Outbox {
         inner.waker = None;
         inner.frames.clear();
         inner.bytes = 0;
+        inner.stamp = None;
         if inner.close.is_none() {
             inner.close = Some(CloseReason::new(close_code::NORMAL, ""));
         }
@@ -194,6 +225,7 @@ fn discard_unstarted(inner: &mut Inner) {
     };
     inner.frames.clear();
     inner.bytes = 0;
+    inner.stamp = None;
     if let Some(f) = keep {
         inner.bytes = f.len();
         inner.frames.push_back(f);
@@ -226,6 +258,19 @@ mod tests {
         o.consume(2);
         assert_eq!(o.deliver(Bytes::from_static(b"abcdefgh")), Err(Overflow));
         o.with_front(|q| assert_eq!(q.iter().map(|f| &f[..]).collect::<Vec<_>>(), vec![b"3456"]));
+    }
+
+    #[test]
+    fn sampled_frame_reports_when_fully_written() {
+        let o = Outbox::new(100);
+        o.reply(Bytes::from_static(b"ab"));
+        o.deliver_stamped(Bytes::from_static(b"cde"), Some(7))
+            .unwrap();
+        o.deliver_stamped(Bytes::from_static(b"fg"), Some(9))
+            .unwrap();
+        assert_eq!(o.consume(4), (1, None));
+        assert_eq!(o.consume(1), (1, Some(7)));
+        assert_eq!(o.consume(2), (1, None));
     }
 
     #[test]
