@@ -315,7 +315,7 @@ async fn certificate_reload_keeps_sessions_and_serves_the_new_cert() {
     // A key that does not match the certificate is refused too.
     std::fs::copy(dir.path().join("b.crt"), &crt).unwrap();
     std::fs::copy(dir.path().join("a.key"), &key).unwrap();
-    assert_eq!(gw.reload().map(|_| ()).unwrap_err().contains("tls"), true);
+    assert!(gw.reload().map(|_| ()).unwrap_err().contains("tls"));
     let again = wss_trusting(&gw, &[&a, &b]).await;
     assert_eq!(served_cert(&again), b.cert.der().to_vec());
     assert_eq!(gw.current_certificate_der(), Some(b.cert.der().to_vec()));
