@@ -11,7 +11,27 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+/// A bad command line or option value (exit status 2), as opposed to a failed run (1).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// `bail!` for usage errors.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::cli::Usage(format!($($arg)*)).into())
+    };
+}
+
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 /// Top-level parser.
@@ -104,53 +124,53 @@ impl Scenario {
     pub fn validate(&self) -> Result<()> {
         let c = self.common();
         if !(c.duration.is_finite() && c.duration >= 0.0) {
-            bail!("--duration must be a non-negative number of seconds");
+            crate::usage!("--duration must be a non-negative number of seconds");
         }
         if !(c.drain.is_finite() && c.drain >= 0.0) {
-            bail!("--drain must be a non-negative number of seconds");
+            crate::usage!("--drain must be a non-negative number of seconds");
         }
         if !(c.connect_timeout.is_finite() && c.connect_timeout > 0.0) {
-            bail!("--connect-timeout must be > 0");
+            crate::usage!("--connect-timeout must be > 0");
         }
         if !(c.setup_timeout.is_finite() && c.setup_timeout > 0.0) {
-            bail!("--setup-timeout must be > 0");
+            crate::usage!("--setup-timeout must be > 0");
         }
         if c.procs == 0 || c.threads == 0 || c.connect_concurrency == 0 {
-            bail!("--procs, --threads and --connect-concurrency must be >= 1");
+            crate::usage!("--procs, --threads and --connect-concurrency must be >= 1");
         }
         match self {
             Scenario::Echo(a) => {
                 if a.pipeline == 0 {
-                    bail!("--pipeline must be >= 1");
+                    crate::usage!("--pipeline must be >= 1");
                 }
             }
             Scenario::Fanout(a) => {
                 if a.topics == 0 {
-                    bail!("--topics must be >= 1");
+                    crate::usage!("--topics must be >= 1");
                 }
                 if a.publishers == 0 {
-                    bail!("--publishers must be >= 1");
+                    crate::usage!("--publishers must be >= 1");
                 }
                 if !(a.rate.is_finite() && a.rate >= 0.0) {
-                    bail!("--rate must be >= 0 (0 = open loop)");
+                    crate::usage!("--rate must be >= 0 (0 = open loop)");
                 }
                 if a.window == 0 {
-                    bail!("--window must be >= 1");
+                    crate::usage!("--window must be >= 1");
                 }
             }
             Scenario::Idle(a) => {
                 if !(a.ramp.is_finite() && a.ramp > 0.0) {
-                    bail!("--ramp must be > 0 connections per second");
+                    crate::usage!("--ramp must be > 0 connections per second");
                 }
                 if let Some(h) = a.hold {
                     if !(h.is_finite() && h >= 0.0) {
-                        bail!("--hold must be a non-negative number of seconds");
+                        crate::usage!("--hold must be a non-negative number of seconds");
                     }
                 }
             }
             Scenario::Storm(a) => {
                 if a.connections == 0 {
-                    bail!("--connections (workers) must be >= 1");
+                    crate::usage!("--connections (workers) must be >= 1");
                 }
             }
         }
@@ -312,7 +332,7 @@ pub fn share(total: usize, idx: usize, n: usize) -> usize {
 pub fn parse_source_ips(s: &str) -> Result<Vec<IpAddr>> {
     let s = s.trim();
     if s.is_empty() {
-        bail!("--source-ips is empty");
+        crate::usage!("--source-ips is empty");
     }
     if let Some((a, b)) = s.split_once('-') {
         let a: Ipv4Addr = a
@@ -325,10 +345,10 @@ pub fn parse_source_ips(s: &str) -> Result<Vec<IpAddr>> {
             .with_context(|| format!("bad range end in --source-ips {s:?}"))?;
         let (lo, hi) = (u32::from(a), u32::from(b));
         if hi < lo {
-            bail!("--source-ips range {s:?} is reversed");
+            crate::usage!("--source-ips range {s:?} is reversed");
         }
         if hi - lo >= 65536 {
-            bail!("--source-ips range {s:?} is larger than 65536 addresses");
+            crate::usage!("--source-ips range {s:?} is larger than 65536 addresses");
         }
         return Ok((lo..=hi).map(|v| IpAddr::V4(Ipv4Addr::from(v))).collect());
     }
@@ -359,15 +379,15 @@ pub fn parse_url(url: &str, default_path: &str) -> Result<ParsedUrl> {
     } else if let Some(r) = url.strip_prefix("wss://") {
         (true, r)
     } else {
-        bail!("--url must start with ws:// or wss:// (got {url:?})");
+        crate::usage!("--url must start with ws:// or wss:// (got {url:?})");
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
     if authority.is_empty() {
-        bail!("--url {url:?} has no host");
+        crate::usage!("--url {url:?} has no host");
     }
     if authority.contains('@') {
-        bail!("--url {url:?}: user info is not supported");
+        crate::usage!("--url {url:?}: user info is not supported");
     }
     let (host, port) = if let Some(after) = authority.strip_prefix('[') {
         let end = after

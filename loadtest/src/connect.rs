@@ -160,7 +160,7 @@ impl Target {
         };
         if !common.allow_remote {
             if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-                bail!(
+                crate::usage!(
                     "refusing non-loopback target {} ({}): only 127.0.0.0/8, ::1 and localhost \
                      are allowed; pass --allow-remote for a real deployment you are responsible for",
                     url.host,
@@ -181,7 +181,7 @@ impl Target {
             .iter()
             .find(|ip| ip.is_ipv4() != first.ip().is_ipv4())
         {
-            bail!(
+            crate::usage!(
                 "--source-ips address {bad} is not the same IP family as the target {}",
                 first.ip()
             );

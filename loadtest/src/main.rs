@@ -23,7 +23,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 
 use crate::cli::{Cli, Scenario};
@@ -38,7 +38,11 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsgate-load: error: {e:#}");
-            1
+            if e.chain().any(|c| c.is::<cli::Usage>()) {
+                2
+            } else {
+                1
+            }
         }
     };
     let _ = std::io::stdout().flush();
@@ -54,7 +58,7 @@ fn run(cli: Cli) -> Result<i32> {
     let child = match (c.child_index, c.child_of) {
         (Some(i), Some(n)) if i < n => Some((i, n)),
         (None, None) => None,
-        _ => bail!("--child-index/--child-of are internal flags and must come together"),
+        _ => crate::usage!("--child-index/--child-of are internal flags and must come together"),
     };
     // Only the ring provider is compiled in; installing it explicitly makes that unambiguous.
     let _ = rustls::crypto::ring::default_provider().install_default();
