@@ -245,7 +245,7 @@ pub async fn http(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -254,11 +254,32 @@ pub async fn http(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).await.expect("send");
+    // Read the head, then Content-Length bytes (some servers keep the connection open), or to EOF.
     let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if let Some(len) = len {
+                    if out.len() >= end + 4 + len {
+                        return;
+                    }
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
         .await
-        .expect("response in time")
-        .expect("read");
+        .expect("response in time");
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .get(9..12)
