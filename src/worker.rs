@@ -391,7 +391,8 @@ async fn connection(
                 worker.record_handshake(accepted, false);
                 monoio::spawn(async move {
                     let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await
+                    crate::session::run(up.io, up.read_buf, up.route, up.identity, peer, worker)
+                        .await
                 });
             }
         }
@@ -416,7 +417,8 @@ async fn connection(
                 worker.record_handshake(accepted, true);
                 monoio::spawn(async move {
                     let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, up.identity, worker).await
+                    crate::session::run(up.io, up.read_buf, up.route, up.identity, peer, worker)
+                        .await
                 });
             }
         }

@@ -320,3 +320,29 @@ async fn certificate_reload_keeps_sessions_and_serves_the_new_cert() {
     assert_eq!(served_cert(&again), b.cert.der().to_vec());
     assert_eq!(gw.current_certificate_der(), Some(b.cert.der().to_vec()));
 }
+
+/// Every series the shipped Grafana dashboard queries exists in a real scrape.
+#[tokio::test]
+async fn grafana_dashboard_uses_only_exported_metrics() {
+    let gw = start(config(1, DriverChoice::Auto));
+    let (_, metrics) = http(gw.admin_addr().unwrap(), "GET", "/metrics", &[], "").await;
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let _: Value = serde_json::from_str(&dash).expect("dashboard is JSON");
+    let mut used: Vec<&str> = dash
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("wsgate_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() > 10);
+    for name in used {
+        assert!(
+            metrics.contains(&format!("\n{name}")) || metrics.contains(&format!("\n{name}{{")),
+            "dashboard uses {name}, not in /metrics"
+        );
+    }
+}

@@ -25,6 +25,7 @@ pub async fn run<S>(
     read_buf: Bytes,
     route: Route,
     identity: Option<Identity>,
+    peer: std::net::IpAddr,
     worker: Rc<Worker>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -58,29 +59,28 @@ pub async fn run<S>(
     };
     worker.unregister_session(me.id);
     stats.sessions.sub(1);
+    let user = me.user.as_deref().unwrap_or("-");
     match &end {
         End::Closed(reason) if reason.code == transport::close_code::POLICY => {
             match reason.reason {
                 "slow consumer" => stats.slow_consumer_closes.add(1),
                 _ => stats.rate_limit_closes.add(1),
             }
-            tracing::debug!(
-                code = reason.code,
-                reason = reason.reason,
-                "session closed by gateway"
-            );
+            tracing::info!(client = %peer, user, code = reason.code, reason = reason.reason, "session closed by gateway");
         }
         End::Closed(reason) if reason.code != transport::close_code::GOING_AWAY => {
             stats.protocol_errors.add(u64::from(
                 reason.code == transport::close_code::PROTOCOL_ERROR,
             ));
-            tracing::debug!(
-                code = reason.code,
-                reason = reason.reason,
-                "session closed by gateway"
-            );
+            tracing::info!(client = %peer, user, code = reason.code, reason = reason.reason, "session closed by gateway");
         }
-        End::Io(e) => tracing::debug!(error = %e, "session ended by io error"),
-        _ => {}
+        End::Closed(reason) if reason.reason == "idle timeout" => {
+            tracing::info!(client = %peer, user, "session closed: idle timeout");
+        }
+        End::Io(e) => {
+            tracing::info!(client = %peer, user, error = %e, "session ended by a socket error")
+        }
+        End::Eof => tracing::info!(client = %peer, user, "session ended without a close frame"),
+        End::Closed(_) | End::PeerClosed(_) => {}
     }
 }
