@@ -18,12 +18,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{Admission, Ticket};
 use crate::auth::Verifier;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, DriverChoice, LimitsConfig};
+use crate::config::{Config, DriverChoice, LimitsConfig, WsIo};
 use crate::http::HttpCtx;
 use crate::pubsub::{Subscriber, TopicTable};
 use crate::shutdown::Shutdown;
 use crate::stats::{CoreStats, DriverKind};
 use crate::transport::{close_code, CloseReason};
+use crate::transport::{NativeIo, PollIo};
 
 /// Everything a core needs to start; built by `Gateway::start` on the main thread.
 pub(crate) struct CoreSpec {
@@ -55,6 +56,8 @@ pub struct Worker {
     pub(crate) shutdown: Shutdown,
     pub idx: usize,
     pub limits: LimitsConfig,
+    /// Data path for plain ws sessions.
+    pub ws_io: WsIo,
     pub http: Rc<HttpCtx>,
     pub table: TopicTable,
     pub stats: Arc<CoreStats>,
@@ -191,6 +194,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         shutdown: Shutdown::default(),
         idx,
         limits: config.limits.clone(),
+        ws_io: config.ws_io,
         http: Rc::new(HttpCtx::new(
             &config,
             verifier,
@@ -389,11 +393,29 @@ async fn connection(
             };
             if let Some(up) = up {
                 worker.record_handshake(accepted, false);
-                monoio::spawn(async move {
-                    let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, up.identity, peer, worker)
-                        .await
-                });
+                let native = match worker.ws_io {
+                    WsIo::Native => up.io.try_into_comp_io().map_err(|(e, io)| {
+                        tracing::debug!(error = %e, "native io unavailable for this socket");
+                        io
+                    }),
+                    WsIo::Poll => Err(up.io),
+                };
+                let (buf, route, id) = (up.read_buf, up.route, up.identity);
+                match native {
+                    Ok(stream) => {
+                        monoio::spawn(async move {
+                            let _guard = guard;
+                            crate::session::run(NativeIo(stream), buf, route, id, peer, worker)
+                                .await
+                        });
+                    }
+                    Err(io) => {
+                        monoio::spawn(async move {
+                            let _guard = guard;
+                            crate::session::run(PollIo(io), buf, route, id, peer, worker).await
+                        });
+                    }
+                }
             }
         }
         Some(acceptor) => {
@@ -417,8 +439,8 @@ async fn connection(
                 worker.record_handshake(accepted, true);
                 monoio::spawn(async move {
                     let _guard = guard;
-                    crate::session::run(up.io, up.read_buf, up.route, up.identity, peer, worker)
-                        .await
+                    let io = PollIo(up.io);
+                    crate::session::run(io, up.read_buf, up.route, up.identity, peer, worker).await
                 });
             }
         }

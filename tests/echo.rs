@@ -87,6 +87,15 @@ async fn echo_over_ws_and_wss_on_epoll() {
 }
 
 #[tokio::test]
+async fn echo_over_the_poll_data_path_for_plain_ws() {
+    let mut c = config(2, DriverChoice::Auto);
+    c.ws_io = wsgate::config::WsIo::Poll;
+    let gw = start(c);
+    let mut ws = connect(&ws_url(&gw, "/echo")).await;
+    echo_roundtrips(&mut ws).await;
+}
+
+#[tokio::test]
 async fn invalid_utf8_closes_1007() {
     let gw = start(config(1, DriverChoice::Auto));
     let mut ws = connect(&ws_url(&gw, "/echo")).await;

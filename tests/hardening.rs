@@ -333,6 +333,8 @@ async fn global_and_per_ip_connection_limits() {
     let a1 = from("127.0.0.1").await.unwrap();
     let a2 = from("127.0.0.1").await.unwrap();
     assert_eq!(from("127.0.0.1").await.err(), Some(429));
+    // The refused connection is closed by the gateway and leaves the counters.
+    wait_until(|| gw.open_connections() == 2).await;
     let b1 = from("127.0.0.2").await.unwrap();
     let b2 = from("127.0.0.2").await.unwrap();
     assert_eq!(from("127.0.0.3").await.err(), Some(503));

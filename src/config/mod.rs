@@ -44,6 +44,15 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// Data path of plain ws:// sessions (see `Config::ws_io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WsIo {
+    #[default]
+    Native,
+    Poll,
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +63,9 @@ pub struct Config {
     pub driver: DriverChoice,
     /// Pin worker `i` to CPU `i` (modulo the CPUs available).
     pub pin_cores: bool,
+    /// Data path of plain ws:// sessions: "native" (readiness + per-core buffers on the monoio
+    /// socket) or "poll" (through the tokio-trait adapter, as wss:// sessions are).
+    pub ws_io: WsIo,
     pub listen: ListenConfig,
     pub tls: TlsConfig,
     pub routes: RoutesConfig,
@@ -232,6 +244,7 @@ impl Default for Config {
             cores: 0,
             driver: DriverChoice::Auto,
             pin_cores: true,
+            ws_io: WsIo::Native,
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
             routes: RoutesConfig::default(),

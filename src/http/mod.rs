@@ -177,6 +177,10 @@ fn respond(
     }
     let path = path.to_owned();
     let reject = |status: StatusCode, reason: &'static str| {
+        let mut r = text(status, reason);
+        // A refused client does not get to keep the connection (and its place in the counters).
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         tracing::info!(
             client = %peer,
             path,
@@ -185,7 +189,7 @@ fn respond(
             elapsed_us = started.elapsed().as_micros() as u64,
             "handshake rejected"
         );
-        text(status, reason)
+        r
     };
     if req.method() != Method::GET {
         return reject(

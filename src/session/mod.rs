@@ -11,7 +11,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::Identity;
 use crate::http::Route;
@@ -20,16 +19,14 @@ use crate::transport::{self, ConnLimits, End, Outbox};
 use crate::worker::Worker;
 
 /// Run one upgraded connection to its end.
-pub async fn run<S>(
-    io: S,
+pub async fn run<D: transport::SessionIo>(
+    io: D,
     read_buf: Bytes,
     route: Route,
     identity: Option<Identity>,
     peer: std::net::IpAddr,
     worker: Rc<Worker>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let limits = ConnLimits {
         max_message: worker.limits.max_message_size,
         close_timeout: worker.limits.close_timeout(),
@@ -48,11 +45,11 @@ pub async fn run<S>(
     let end = match route {
         Route::Echo => {
             let mut h = echo::Echo::new(worker.clone(), me.clone());
-            transport::run(io, read_buf, &mut h, limits).await
+            io.drive(read_buf, &mut h, limits).await
         }
         Route::PubSub { topics } => {
             let mut h = pubsub::PubSub::new(worker.clone(), me.clone(), identity, &topics);
-            let end = transport::run(io, read_buf, &mut h, limits).await;
+            let end = io.drive(read_buf, &mut h, limits).await;
             h.leave();
             end
         }

@@ -24,12 +24,17 @@ use super::outbox::Outbox;
 /// Size of the per-core read scratch buffer.
 const SCRATCH: usize = 64 * 1024;
 /// Reads handled per wake-up before the task yields to its neighbours on the core.
-const READ_BUDGET: usize = 16;
+pub(crate) const READ_BUDGET: usize = 16;
 /// Most frames handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+pub(crate) const MAX_IOVECS: usize = 64;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// Run `f` over this core's read scratch buffer (never re-entered: parsing does not read).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH_BUF.with(|s| f(&mut s.borrow_mut()[..]))
 }
 
 /// Per-route protocol limits.

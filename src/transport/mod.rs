@@ -8,9 +8,50 @@
 pub mod codec;
 mod conn;
 mod frames;
+mod native;
 mod outbox;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, CloseReason};
 pub use conn::{run, ConnLimits};
 pub use frames::{End, Frames, Handler, Message};
+pub use native::run as run_native;
 pub use outbox::{Outbox, Overflow};
+
+/// How a session's bytes move. Each data path is its own type, so a spawned session task contains
+/// the state of its own path only (a native ws session does not carry the TLS path's future).
+pub trait SessionIo {
+    fn drive<'a, H: Handler>(
+        self,
+        prefix: bytes::Bytes,
+        h: &'a mut H,
+        limits: ConnLimits,
+    ) -> impl std::future::Future<Output = End> + 'a;
+}
+
+/// Through the tokio-trait adapters (TLS, or plain ws with `ws_io = "poll"`).
+pub struct PollIo<S>(pub S);
+
+/// Natively on the monoio socket (plain ws).
+pub struct NativeIo(pub monoio::net::TcpStream);
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> SessionIo for PollIo<S> {
+    fn drive<'a, H: Handler>(
+        self,
+        prefix: bytes::Bytes,
+        h: &'a mut H,
+        limits: ConnLimits,
+    ) -> impl std::future::Future<Output = End> + 'a {
+        run(self.0, prefix, h, limits)
+    }
+}
+
+impl SessionIo for NativeIo {
+    fn drive<'a, H: Handler>(
+        self,
+        prefix: bytes::Bytes,
+        h: &'a mut H,
+        limits: ConnLimits,
+    ) -> impl std::future::Future<Output = End> + 'a {
+        run_native(self.0, prefix, h, limits)
+    }
+}

@@ -1,0 +1,326 @@
+//! The native data path for plain ws:// sessions: wait for readiness without a buffer, then move bytes
+//! with plain non-blocking syscalls.
+//!
+//! An idle session waits on `TcpStream::readable()` (an io_uring POLL_ADD, or epoll readiness on the
+//! fallback driver) and owns no read buffer: once readable, it `recv`s into the per-core scratch
+//! buffer shared with the poll path, parses in place, and keeps only an incomplete frame. Writes go
+//! straight to the socket with one `sendmsg` of every queued frame; only what the socket refuses stays
+//! queued, and the task then waits for writability. One flat loop, so the session future stays small
+//! (its size is checked by a unit test).
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use monoio::net::TcpStream;
+
+use super::codec::encode_close;
+use super::conn::{with_scratch, ConnLimits, MAX_IOVECS, READ_BUDGET};
+use super::frames::{End, Frames, Handler};
+use super::outbox::Outbox;
+
+/// Write as much of the outbox as the socket takes now. `Ok(true)` = everything was written.
+fn flush<H: Handler>(fd: RawFd, h: &H) -> io::Result<bool> {
+    let outbox = h.outbox();
+    while !outbox.is_empty() {
+        let r = outbox.with_front(|frames| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for f in frames.iter().take(MAX_IOVECS) {
+                slices[n] = IoSlice::new(f);
+                n += 1;
+            }
+            sendmsg(fd, &slices[..n])
+        });
+        match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let (frames, sample) = outbox.consume(n);
+                h.on_written(n, frames, sample);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: `msg` points at `slices`, which outlives the call; IoSlice is ABI-compatible with iovec.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = slices.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Read what the socket has (up to the read budget) and feed it to the frame parser.
+/// `Ok(true)` = the socket may have more (budget exhausted); `Ok(false)` = would block.
+fn read_some<H: Handler>(fd: RawFd, frames: &mut Frames, h: &mut H) -> Result<bool, End> {
+    for _ in 0..READ_BUDGET {
+        let r = with_scratch(|scratch| match recv(fd, scratch) {
+            Ok(0) => Err(End::Eof),
+            Ok(n) => {
+                h.outbox().touch();
+                h.on_read(n);
+                frames.feed(&mut scratch[..n], h).map(|()| true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(End::Io(e)),
+        });
+        if !r? {
+            return Ok(false);
+        }
+        if !h.wants_input() || h.outbox().close_requested().is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Run a plain ws session on the native path until it ends, then perform the close handshake.
+///
+/// Written as `fn -> impl Future` with one `async move` block: an `async fn` would keep its arguments
+/// twice in the future, and every byte here is paid by every idle session.
+#[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
+pub fn run<'a, H: Handler>(
+    stream: TcpStream,
+    prefix: Bytes,
+    h: &'a mut H,
+    limits: ConnLimits,
+) -> impl Future<Output = End> + 'a {
+    async move {
+        let fd = stream.as_raw_fd();
+        let mut frames = Frames::new(limits.max_message);
+        let first = {
+            let mut prefix = prefix.to_vec();
+            frames.process(&mut prefix, h)
+        };
+        let end = match first {
+            Err(end) => end,
+            Ok(()) => open(&stream, fd, &mut frames, h).await,
+        };
+        let close_frame = match &end {
+            End::PeerClosed(code) => Some(encode_close(*code, "")),
+            End::Closed(reason) => Some(encode_close(reason.code, reason.reason)),
+            End::Eof | End::Io(_) => None,
+        };
+        if let Some(frame) = close_frame {
+            // Boxed: the close handshake happens once, its state need not live in every session.
+            let closing = close(&stream, fd, h.outbox(), frame);
+            let _ = Box::pin(monoio::time::timeout(limits.close_timeout, closing)).await;
+        }
+        h.outbox().detach();
+        end
+    }
+}
+
+async fn open<H: Handler>(stream: &TcpStream, fd: RawFd, frames: &mut Frames, h: &mut H) -> End {
+    let mut readable = pin!(stream.readable(false).fuse());
+    // Boxed and created only when the socket refuses a write: most sessions never need it.
+    let mut writable = None;
+    let mut write_blocked = false;
+    let mut maybe_more = true;
+    loop {
+        if !write_blocked {
+            match flush(fd, h) {
+                Ok(done) => write_blocked = !done,
+                Err(e) => return End::Io(e),
+            }
+        }
+        if let Some(reason) = h.outbox().close_requested() {
+            return End::Closed(reason);
+        }
+        let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
+        if can_read && frames.stalled() {
+            if let Err(end) = frames.resume(h) {
+                return end;
+            }
+            continue;
+        }
+        if can_read && maybe_more {
+            match read_some(fd, frames, h) {
+                Ok(more) => maybe_more = more,
+                Err(end) => return end,
+            }
+            if maybe_more {
+                // Budget used up: let the core's other tasks run, then continue.
+                yield_now().await;
+            }
+            continue;
+        }
+        // Nothing to do until the socket or the outbox changes.
+        let wake = poll_fn(|cx| {
+            h.outbox().register(cx.waker());
+            if (!write_blocked && !h.outbox().is_empty()) || h.outbox().close_requested().is_some()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            if can_read {
+                if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                    readable.set(stream.readable(false).fuse());
+                    maybe_more = true;
+                    return Poll::Ready(r);
+                }
+            } else if h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit() {
+                // Input was paused and is wanted again.
+                return Poll::Ready(Ok(()));
+            }
+            if write_blocked {
+                let w = writable.get_or_insert_with(|| Box::pin(stream.writable(false)));
+                if let Poll::Ready(r) = w.as_mut().poll(cx) {
+                    writable = None;
+                    write_blocked = false;
+                    return Poll::Ready(r);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Err(e) = wake {
+            return End::Io(e);
+        }
+    }
+}
+
+/// Give the core's other tasks a turn.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Close handshake: flush, send our close frame, half-close, then read (and drop) until the peer is
+/// gone. Bounded by the caller's timeout.
+async fn close(stream: &TcpStream, fd: RawFd, outbox: &Outbox, frame: Bytes) {
+    outbox.force_reply(frame);
+    loop {
+        let written = {
+            // Only frames and the close frame are left; nobody counts them any more.
+            let mut all = true;
+            while !outbox.is_empty() {
+                let r = outbox.with_front(|frames| {
+                    let slices: Vec<IoSlice<'_>> = frames
+                        .iter()
+                        .take(MAX_IOVECS)
+                        .map(|f| IoSlice::new(f))
+                        .collect();
+                    sendmsg(fd, &slices)
+                });
+                match r {
+                    Ok(n) if n > 0 => {
+                        outbox.consume(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        all = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    _ => return,
+                }
+            }
+            all
+        };
+        if written {
+            break;
+        }
+        if stream.writable(false).await.is_err() {
+            return;
+        }
+    }
+    // SAFETY: shutdown(2) on our own open socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let mut sink = [0u8; 1024];
+    loop {
+        match recv(fd, &mut sink) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if stream.readable(false).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{CloseReason, Message};
+
+    struct Sink(Outbox);
+
+    impl Handler for Sink {
+        fn on_message(&mut self, _msg: Message<'_>) -> Result<(), CloseReason> {
+            Ok(())
+        }
+        fn outbox(&self) -> &Outbox {
+            &self.0
+        }
+    }
+
+    /// The per-session future is part of every idle session's memory: keep it small. (The prototype
+    /// in shared/research reached 256 bytes; this loop also carries the writability wait, the read
+    /// budget and the close handshake.)
+    const SESSION_FUTURE_BUDGET: usize = 640;
+
+    #[test]
+    fn session_future_stays_within_budget() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let client = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let mut h = Sink(Outbox::new(1024));
+            let limits = ConnLimits {
+                max_message: 1024,
+                close_timeout: std::time::Duration::from_millis(10),
+            };
+            let fut = run(client, Bytes::new(), &mut h, limits);
+            let size = std::mem::size_of_val(&fut);
+            println!("native session future: {size} bytes");
+            assert!(
+                size <= SESSION_FUTURE_BUDGET,
+                "session future is {size} bytes"
+            );
+        });
+    }
+}
