@@ -243,6 +243,7 @@ pub fn find_token<B>(req: &Request<B>) -> Option<FoundToken> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
+        .filter(|p| !p.is_empty())
         .collect();
     let token = offered
         .iter()
@@ -292,5 +293,18 @@ mod tests {
             ("a.b.c", "wsgate.v1")
         );
         assert_eq!(find_token(&Request::get("/ws").body(()).unwrap()), None);
+        // Empty list elements are not subprotocols (found by fuzz/handshake).
+        let r = Request::get("/ws")
+            .header("Sec-WebSocket-Protocol", "bearer.tok, , wsgate.v1")
+            .header("Sec-WebSocket-Protocol", "")
+            .body(())
+            .unwrap();
+        let f = find_token(&r).unwrap();
+        assert_eq!(f.answer_subprotocol.unwrap().to_str().unwrap(), "wsgate.v1");
+        let r = Request::get("/ws")
+            .header("Sec-WebSocket-Protocol", "bearer.tok, ")
+            .body(())
+            .unwrap();
+        assert_eq!(find_token(&r).unwrap().answer_subprotocol, None);
     }
 }
