@@ -42,6 +42,11 @@ pub enum BusMsg {
     },
     /// The sender has recorded the `Interest` announcement `gen` for `topic`.
     InterestAck { topic: Arc<str>, gen: u64 },
+    /// A publish from the embedding program (`Gateway::publish`), handled like an API publish.
+    HostPublish {
+        topic: Arc<str>,
+        data: Box<serde_json::value::RawValue>,
+    },
     /// Stop accepting, close sessions with 1001 and exit.
     Shutdown,
 }

@@ -9,6 +9,7 @@ use crate::admission::Admission;
 use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, ConfigError};
 use crate::control::{Control, ReloadReport};
+use crate::hooks::PublishHook;
 use crate::stats::{CoreSnapshot, CoreStats, DriverKind};
 use crate::tls::{self, TlsError};
 use crate::worker::{run_core, CoreSpec};
@@ -71,10 +72,87 @@ impl ShutdownHandle {
     }
 }
 
+/// Why `Gateway::publish` refused a publish.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid topic: {0}")]
+    Topic(&'static str),
+    #[error("data is not valid JSON: {0}")]
+    Json(String),
+    #[error(
+        "data is nested deeper than {} levels",
+        crate::pubsub::protocol::MAX_DATA_DEPTH
+    )]
+    TooDeep,
+    #[error("the gateway is shutting down")]
+    Stopped,
+}
+
+/// Configure a gateway in code before starting it: `Gateway::builder(config).on_publish(..).start()`.
+pub struct GatewayBuilder {
+    config: Config,
+    hook: Option<Arc<dyn PublishHook>>,
+}
+
+impl GatewayBuilder {
+    /// Run `hook` on every publish before fan-out (see [`PublishHook`]).
+    pub fn on_publish(mut self, hook: impl PublishHook) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Validate, bind and start; returns once every core is accepting.
+    pub fn start(self) -> Result<Gateway, StartError> {
+        Gateway::start_with(self.config, self.hook)
+    }
+}
+
 impl Gateway {
+    /// A builder for embedding: hooks and the like, then `start()`.
+    pub fn builder(config: Config) -> GatewayBuilder {
+        GatewayBuilder { config, hook: None }
+    }
+
     /// Validate `config`, bind the listeners and start one thread per core. Returns once every core is
     /// accepting.
-    pub fn start(mut config: Config) -> Result<Gateway, StartError> {
+    pub fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with(config, None)
+    }
+
+    /// Publish `data` (JSON text) to `topic` from the host program, from any thread. It is delivered
+    /// like an admin-API publish (through core 0, the publish hook included); publishes from one thread
+    /// keep their order.
+    pub fn publish(&self, topic: &str, data: &str) -> Result<(), PublishError> {
+        crate::pubsub::protocol::check_topic(topic, self.control.config.limits.max_topic_len)
+            .map_err(PublishError::Topic)?;
+        let data = serde_json::value::RawValue::from_string(data.to_owned())
+            .map_err(|e| PublishError::Json(e.to_string()))?;
+        if crate::pubsub::protocol::json_depth(data.get()) > crate::pubsub::protocol::MAX_DATA_DEPTH
+        {
+            return Err(PublishError::TooDeep);
+        }
+        if self.threads.is_empty()
+            || self
+                .control
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(PublishError::Stopped);
+        }
+        self.bus.send(
+            0,
+            BusMsg::HostPublish {
+                topic: Arc::from(topic),
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_with(
+        mut config: Config,
+        hook: Option<Arc<dyn PublishHook>>,
+    ) -> Result<Gateway, StartError> {
         config.validate()?;
         let cores = config.effective_cores();
         let fd_limit = raise_fd_limit();
@@ -175,6 +253,7 @@ impl Gateway {
                 tls: tls.as_ref().map(|t| t.config.clone()),
                 verifier: verifier.clone(),
                 admission: admission.clone(),
+                hook: hook.clone(),
                 admin: if idx == 0 {
                     admin_listener
                         .take()

@@ -28,6 +28,7 @@ mod clock;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod hooks;
 mod http;
 pub mod listener;
 pub mod metrics;
@@ -40,5 +41,6 @@ pub mod transport;
 mod worker;
 
 pub use config::{Config, ConfigError, DriverChoice, Overrides};
-pub use gateway::{Gateway, ShutdownHandle, StartError};
+pub use gateway::{Gateway, GatewayBuilder, PublishError, ShutdownHandle, StartError};
+pub use hooks::{PublishDecision, PublishHook, PublishRequest, PublishSource};
 pub use stats::{CoreSnapshot, DriverKind};

@@ -41,6 +41,8 @@ pub(crate) struct CoreSpec {
         Arc<crate::control::Control>,
         Option<String>,
     )>,
+    /// The embedding program's publish hook.
+    pub hook: Option<Arc<dyn crate::hooks::PublishHook>>,
     pub bus: Arc<Bus>,
     pub stats: Arc<CoreStats>,
     pub ready: mpsc::Sender<Result<DriverKind, String>>,
@@ -58,6 +60,8 @@ pub struct Worker {
     pub limits: LimitsConfig,
     /// Data path for plain ws sessions.
     pub ws_io: WsIo,
+    /// The embedding program's publish hook.
+    hook: Option<Arc<dyn crate::hooks::PublishHook>>,
     pub http: Rc<HttpCtx>,
     pub table: TopicTable,
     pub stats: Arc<CoreStats>,
@@ -85,6 +89,31 @@ impl Worker {
 
     pub fn unregister_session(&self, id: u64) {
         self.sessions.borrow_mut().remove(&id);
+    }
+
+    /// Accept a publish on this core: run the embedding program's hook, encode once, fan out. Returns
+    /// the local sessions reached, or the hook's rejection (code, message).
+    pub fn publish(
+        &self,
+        topic: &str,
+        data: &serde_json::value::RawValue,
+        user: Option<&str>,
+        source: crate::hooks::PublishSource,
+    ) -> Result<usize, (String, String)> {
+        let req = crate::hooks::PublishRequest {
+            topic,
+            data,
+            user,
+            source,
+        };
+        match crate::hooks::apply(self.hook.as_deref(), &req) {
+            crate::hooks::Verdict::Reject { code, message } => Err((code, message)),
+            crate::hooks::Verdict::Send(replaced) => {
+                let data = replaced.as_deref().unwrap_or(data);
+                let frame = crate::pubsub::protocol::message_frame(topic, data);
+                Ok(self.table.publish(topic, frame))
+            }
+        }
     }
 
     /// Account for bytes/frames a session wrote (and a sampled publish-to-write latency).
@@ -185,6 +214,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         verifier,
         admission,
         admin,
+        hook,
         bus,
         stats,
         ready,
@@ -195,6 +225,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         idx,
         limits: config.limits.clone(),
         ws_io: config.ws_io,
+        hook,
         http: Rc::new(HttpCtx::new(
             &config,
             verifier,
@@ -226,6 +257,19 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
                 Some(BusMsg::Shutdown) => {
                     table_worker.shutdown.fire();
                     false
+                }
+                Some(BusMsg::HostPublish { topic, data }) => {
+                    let source = crate::hooks::PublishSource::Host;
+                    if let Err((code, message)) = table_worker.publish(&topic, &data, None, source)
+                    {
+                        tracing::debug!(
+                            topic = &*topic,
+                            code,
+                            message,
+                            "host publish rejected by the hook"
+                        );
+                    }
+                    true
                 }
                 _ => true,
             })

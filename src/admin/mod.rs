@@ -335,10 +335,23 @@ fn publish(ctx: &AdminCtx, body: &[u8]) -> Response<AdminBody> {
             return resp;
         }
     }
-    let mut local = 0;
-    for r in &reqs {
-        let frame = protocol::message_frame(&r.topic, r.data);
-        local += ctx.worker.table.publish(&r.topic, frame);
+    let (mut local, mut rejected) = (0, Vec::new());
+    for (i, r) in reqs.iter().enumerate() {
+        match ctx
+            .worker
+            .publish(&r.topic, r.data, None, crate::hooks::PublishSource::Api)
+        {
+            Ok(n) => local += n,
+            Err((code, message)) => {
+                rejected.push(json!({"index": i, "code": code, "message": message}))
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"published": reqs.len() - rejected.len(), "rejected": rejected, "local_sessions_reached": local}),
+        );
     }
     json_response(
         StatusCode::OK,

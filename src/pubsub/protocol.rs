@@ -84,7 +84,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 pub const MAX_DATA_DEPTH: usize = 128;
 
 /// Nesting depth of a JSON text that is already known to be valid (strings are skipped).
-fn json_depth(raw: &str) -> usize {
+pub fn json_depth(raw: &str) -> usize {
     let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
     for &b in raw.as_bytes() {
         if in_str {

@@ -10,6 +10,7 @@ use ahash::RandomState;
 use serde_json::value::RawValue;
 
 use crate::auth::Identity;
+use crate::hooks::PublishSource;
 use crate::pubsub::protocol::{self, code, Request};
 use crate::pubsub::{Subscribed, Subscriber};
 use crate::transport::{close_code, CloseReason, Handler, Message, Outbox};
@@ -191,9 +192,14 @@ impl Handler for PubSub {
             }
             Request::Publish { topic, data } => {
                 if self.check_topic(&topic, env.id) {
-                    let frame = protocol::message_frame(&topic, data);
-                    self.worker.table.publish(&topic, frame);
-                    self.ack(env.id);
+                    let user = self.identity.as_ref().map(|i| &*i.user);
+                    match self
+                        .worker
+                        .publish(&topic, data, user, PublishSource::Client)
+                    {
+                        Ok(_) => self.ack(env.id),
+                        Err((code, message)) => self.error(env.id, &code, &message),
+                    }
                 }
             }
             Request::Direct { to, data } => match &self.identity {
