@@ -220,3 +220,112 @@ async fn binary_serves_ws_and_wss_and_stops_on_sigterm() {
     .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Start the binary with `args` (plus ephemeral listeners) and return it with its ws address.
+fn spawn_gateway(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = wsgate()
+        .env("RUST_LOG", "info")
+        .args([
+            "--ws",
+            "127.0.0.1:0",
+            "--wss",
+            "off",
+            "--admin",
+            "off",
+            "--cores",
+            "1",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
+            addr = u
+                .trim_start_matches("ws://")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            break;
+        }
+    }
+    assert!(!addr.is_empty(), "no ws address printed");
+    (child, addr)
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..400 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    panic!("wsgate did not exit");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("slow-drain.toml");
+    // A long drain: only the second signal can end the process quickly.
+    std::fs::write(
+        &cfg,
+        "[limits]\nshutdown_grace_ms = 60000\nclose_timeout_ms = 60000\n",
+    )
+    .unwrap();
+    let (mut child, addr) = spawn_gateway(&["--config", cfg.to_str().unwrap()]);
+    // A client that upgrades and then never reads or answers the close handshake.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining after the first signal"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the second signal exits at once with status 1"
+    );
+}
+
+#[test]
+fn json_logs_record_refused_handshakes_without_tokens() {
+    let (mut child, addr) = spawn_gateway(&["--log-format", "json"]);
+    let stderr = child.stderr.take().unwrap();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    // A refused upgrade (wrong method), carrying a secret-looking token in the query.
+    s.write_all(b"POST /ws?token=SECRET-TOKEN HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 405"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_exit(&mut child);
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut logs).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("handshake rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged:\n{logs}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("log lines are JSON");
+    assert_eq!(v["fields"]["status"], 405);
+    assert_eq!(v["fields"]["client"], "127.0.0.1");
+    assert!(!logs.contains("SECRET-TOKEN"), "a token reached the logs");
+}
