@@ -63,6 +63,8 @@ pub struct Config {
     pub driver: DriverChoice,
     /// Pin worker `i` to CPU `i` (modulo the CPUs available).
     pub pin_cores: bool,
+    /// Set up io_uring with SINGLE_ISSUER + DEFER_TASKRUN (kernel >= 6.1; refused -> plain ring).
+    pub uring_defer_taskrun: bool,
     /// Data path of plain ws:// sessions: "native" (readiness + per-core buffers on the monoio
     /// socket) or "poll" (through the tokio-trait adapter, as wss:// sessions are).
     pub ws_io: WsIo,
@@ -244,6 +246,7 @@ impl Default for Config {
             cores: 0,
             driver: DriverChoice::Auto,
             pin_cores: true,
+            uring_defer_taskrun: true,
             ws_io: WsIo::Native,
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
