@@ -25,7 +25,14 @@ use super::outbox::Outbox;
 
 /// Write as much of the outbox as the socket takes now. `Ok(true)` = everything was written.
 fn flush<H: Handler>(fd: RawFd, h: &H) -> io::Result<bool> {
-    let outbox = h.outbox();
+    flush_outbox(fd, h.outbox(), &|n, frames, sample| h.on_written(n, frames, sample))
+}
+
+fn flush_outbox(
+    fd: RawFd,
+    outbox: &Outbox,
+    report: &dyn Fn(usize, usize, Option<u64>),
+) -> io::Result<bool> {
     while !outbox.is_empty() {
         let r = outbox.with_front(|frames| {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -40,7 +47,7 @@ fn flush<H: Handler>(fd: RawFd, h: &H) -> io::Result<bool> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 let (frames, sample) = outbox.consume(n);
-                h.on_written(n, frames, sample);
+                report(n, frames, sample);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -225,37 +232,14 @@ async fn yield_now() {
 async fn close(stream: &TcpStream, fd: RawFd, outbox: &Outbox, frame: Bytes) {
     outbox.force_reply(frame);
     loop {
-        let written = {
-            // Only frames and the close frame are left; nobody counts them any more.
-            let mut all = true;
-            while !outbox.is_empty() {
-                let r = outbox.with_front(|frames| {
-                    let slices: Vec<IoSlice<'_>> = frames
-                        .iter()
-                        .take(MAX_IOVECS)
-                        .map(|f| IoSlice::new(f))
-                        .collect();
-                    sendmsg(fd, &slices)
-                });
-                match r {
-                    Ok(n) if n > 0 => {
-                        outbox.consume(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        all = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => return,
+        match flush_outbox(fd, outbox, &|_, _, _| {}) {
+            Ok(true) => break,
+            Ok(false) => {
+                if stream.writable(false).await.is_err() {
+                    return;
                 }
             }
-            all
-        };
-        if written {
-            break;
-        }
-        if stream.writable(false).await.is_err() {
-            return;
+            Err(_) => return,
         }
     }
     // SAFETY: shutdown(2) on our own open socket.
