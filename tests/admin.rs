@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use common::raw;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -345,4 +346,26 @@ async fn grafana_dashboard_uses_only_exported_metrics() {
             "dashboard uses {name}, not in /metrics"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_draining() {
+    let mut c = config(1, DriverChoice::Auto);
+    c.limits.close_timeout_ms = 3000;
+    c.limits.shutdown_grace_ms = 3000;
+    let gw = start(c);
+    let admin = gw.admin_addr().unwrap();
+    assert_eq!(http(admin, "GET", "/readyz", &[], "").await.0, 200);
+    // A session that never answers the close handshake keeps the gateway draining for a while.
+    let _silent = raw::upgrade(gw.ws_addr().unwrap(), "/ws").await;
+    let handle = gw.shutdown_handle();
+    handle.shutdown();
+    let (status, body) = http(admin, "GET", "/readyz", &[], "").await;
+    assert_eq!((status, body.as_str()), (503, "not ready"));
+    assert_eq!(
+        http(admin, "GET", "/healthz", &[], "").await.0,
+        200,
+        "still alive while draining"
+    );
+    tokio::task::spawn_blocking(move || drop(gw)).await.unwrap();
 }

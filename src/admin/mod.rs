@@ -89,17 +89,15 @@ pub(crate) async fn serve(
 ) {
     let registry = crate::metrics::registry(control.clone());
     let ctx = Rc::new(AdminCtx {
-        worker: worker.clone(),
+        worker,
         control,
         api_key,
         registry,
     });
+    // No shutdown select here: the admin listener keeps answering (`/readyz` -> 503) while the core
+    // drains its sessions, and ends with the core's runtime.
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.shutdown.wait() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, _)) => {
                 let ctx = ctx.clone();
                 monoio::spawn(async move {

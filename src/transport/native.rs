@@ -25,7 +25,9 @@ use super::outbox::Outbox;
 
 /// Write as much of the outbox as the socket takes now. `Ok(true)` = everything was written.
 fn flush<H: Handler>(fd: RawFd, h: &H) -> io::Result<bool> {
-    flush_outbox(fd, h.outbox(), &|n, frames, sample| h.on_written(n, frames, sample))
+    flush_outbox(fd, h.outbox(), &|n, frames, sample| {
+        h.on_written(n, frames, sample)
+    })
 }
 
 fn flush_outbox(
