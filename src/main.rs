@@ -104,25 +104,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let routes = config.routes.clone();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let gw = Gateway::start(config)?;
     print_banner(&gw, &routes);
     let handle = gw.shutdown_handle();
     std::thread::spawn(move || {
-        let mut signals = signals.forever();
-        if let Some(sig) = signals.next() {
-            tracing::info!(
-                signal = sig,
-                "shutting down: closing sessions with 1001 (signal again to exit at once)"
-            );
-            handle.shutdown();
-        }
-        if let Some(sig) = signals.next() {
-            tracing::warn!(signal = sig, "second signal: exiting without draining");
-            std::process::exit(1);
+        let mut stopping = false;
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => {
+                    if let Err(e) = handle.reload() {
+                        tracing::error!(error = %e, "reload failed; keeping the current certificate and keys");
+                    }
+                }
+                _ if stopping => {
+                    tracing::warn!(signal = sig, "second signal: exiting without draining");
+                    std::process::exit(1);
+                }
+                _ => {
+                    tracing::info!(
+                        signal = sig,
+                        "shutting down: closing sessions with 1001 (signal again to exit at once)"
+                    );
+                    stopping = true;
+                    handle.shutdown();
+                }
+            }
         }
     });
     gw.wait();

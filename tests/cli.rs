@@ -329,3 +329,107 @@ fn json_logs_record_refused_handshakes_without_tokens() {
     assert_eq!(v["fields"]["client"], "127.0.0.1");
     assert!(!logs.contains("SECRET-TOKEN"), "a token reached the logs");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.crt")), ck.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.key")),
+            ck.key_pair.serialize_pem(),
+        )
+        .unwrap();
+        ck
+    };
+    let (a, b) = (write("a"), write("b"));
+    let (crt, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    std::fs::copy(dir.path().join("a.crt"), &crt).unwrap();
+    std::fs::copy(dir.path().join("a.key"), &key).unwrap();
+    let mut child = wsgate()
+        .args([
+            "--ws",
+            "off",
+            "--wss",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--cores",
+            "1",
+        ])
+        .args([
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let port = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(u) = line.split_whitespace().find(|w| w.starts_with("wss://")) {
+                let hostport = u
+                    .trim_start_matches("wss://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                return hostport
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<u16>()
+                    .unwrap();
+            }
+        }
+        panic!("no wss url printed");
+    })
+    .await
+    .unwrap();
+    let roots = vec![a.cert.der().clone(), b.cert.der().clone()];
+    let served = || {
+        let roots = roots.clone();
+        async move {
+            let mut store = rustls::RootCertStore::empty();
+            for r in roots {
+                store.add(r).unwrap();
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(store)
+                .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        }
+    };
+    assert_eq!(served().await, a.cert.der().to_vec());
+    std::fs::copy(dir.path().join("b.crt"), &crt).unwrap();
+    std::fs::copy(dir.path().join("b.key"), &key).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let mut now_b = false;
+    for _ in 0..100 {
+        if served().await == b.cert.der().to_vec() {
+            now_b = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        now_b,
+        "after SIGHUP new connections get the new certificate"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
