@@ -11,6 +11,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
 /// A bad command line or option value (exit status 2), as opposed to a failed run (1).
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -30,9 +33,6 @@ macro_rules! usage {
         return Err($crate::cli::Usage(format!($($arg)*)).into())
     };
 }
-
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
 
 /// Top-level parser.
 #[derive(Parser, Debug, Clone)]
