@@ -162,7 +162,7 @@ fn print_banner(gw: &Gateway, routes: &wsgate::config::RoutesConfig) {
         let _ = match std::fs::write(&path, pem) {
             Ok(()) => writeln!(
                 out,
-                "  TLS: generated a self-signed certificate for localhost/127.0.0.1, saved to {}\n       (trust that file, e.g. websocat --ca, or connect with an insecure client: websocat -k)",
+                "  TLS: generated a self-signed certificate for localhost/127.0.0.1, saved to {}\n       (trust that file in your client, or skip verification for a quick try: websocat -k)",
                 path.display()
             ),
             Err(e) => writeln!(out, "  TLS: generated a self-signed certificate (could not save it: {e})"),
