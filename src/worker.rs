@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{Admission, Ticket};
 use crate::auth::Verifier;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, DriverChoice, LimitsConfig, WsIo};
+use crate::config::{Config, DriverChoice, LimitsConfig, WsIo, WsUpgrade};
 use crate::http::HttpCtx;
 use crate::pubsub::{Subscriber, TopicTable};
 use crate::shutdown::Shutdown;
@@ -60,6 +60,8 @@ pub struct Worker {
     pub limits: LimitsConfig,
     /// Data path for plain ws sessions.
     pub ws_io: WsIo,
+    /// How plain ws upgrades are parsed.
+    pub ws_upgrade: WsUpgrade,
     /// The embedding program's publish hook.
     hook: Option<Arc<dyn crate::hooks::PublishHook>>,
     pub http: Rc<HttpCtx>,
@@ -245,6 +247,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         idx,
         limits: config.limits.clone(),
         ws_io: config.ws_io,
+        ws_upgrade: config.ws_upgrade,
         hook,
         http: Rc::new(HttpCtx::new(
             &config,
@@ -407,6 +410,58 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsA
     }
 }
 
+/// A plain connection on the direct upgrade path (`ws_upgrade = "direct"`): upgrade requests are
+/// answered without hyper and go straight to a native session; anything else is served by hyper.
+async fn direct_connection(
+    stream: TcpStream,
+    guard: ConnGuard,
+    peer: std::net::IpAddr,
+    accepted: Instant,
+    worker: Rc<Worker>,
+) {
+    use crate::http::{upgrade_direct, Direct, Rewind};
+    let deadline = worker.limits.handshake_timeout();
+    // The first request head must also arrive within the header read timeout, as with hyper.
+    let head_deadline = deadline.min(worker.limits.header_read_timeout());
+    let first =
+        monoio::time::timeout(head_deadline, upgrade_direct(stream, &worker.http, peer)).await;
+    match first {
+        Err(_) => worker.stats.handshake_timeouts.add(1),
+        Ok(Direct::Done) => {}
+        Ok(Direct::Upgraded {
+            stream,
+            rest,
+            route,
+            identity,
+        }) => {
+            worker.record_handshake(accepted, false);
+            monoio::spawn(async move {
+                let _guard = guard;
+                crate::session::run(NativeIo(stream), rest, route, identity, peer, worker).await
+            });
+        }
+        Ok(Direct::Hyper { stream, read }) => {
+            let Ok(io) = stream.into_poll_io() else {
+                return;
+            };
+            let left = deadline.saturating_sub(accepted.elapsed());
+            let serve = crate::http::serve(Rewind::new(read, io), worker.http.clone(), peer);
+            let Ok(up) = monoio::time::timeout(left, serve).await else {
+                worker.stats.handshake_timeouts.add(1);
+                return;
+            };
+            if let Some(up) = up {
+                worker.record_handshake(accepted, false);
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    let io = PollIo(up.io);
+                    crate::session::run(io, up.read_buf, up.route, up.identity, peer, worker).await
+                });
+            }
+        }
+    }
+}
+
 /// Counts a connection as open (on its core and gateway-wide) for as long as it lives, in whichever
 /// task ends up owning it.
 struct ConnGuard {
@@ -439,6 +494,9 @@ async fn connection(
     let peer = ticket.ip();
     let accepted = Instant::now();
     let guard = ConnGuard::new(&worker.stats, ticket);
+    if tls.is_none() && worker.ws_upgrade == WsUpgrade::Direct && worker.ws_io == WsIo::Native {
+        return direct_connection(stream, guard, peer, accepted, worker).await;
+    }
     let io = match stream.into_poll_io() {
         Ok(io) => io,
         Err(e) => {

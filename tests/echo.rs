@@ -174,3 +174,42 @@ async fn shutdown_sends_1001_to_sessions() {
     drop(ws);
     stopper.join().unwrap();
 }
+
+/// A client that sends its first frame in the same packet as the upgrade request (the bytes after the
+/// request head must reach the session), on both upgrade paths.
+async fn frame_pipelined_with_the_upgrade(upgrade: wsgate::config::WsUpgrade) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config(1, DriverChoice::Auto);
+    c.ws_upgrade = upgrade;
+    let gw = start(c);
+    let mut s = tokio::net::TcpStream::connect(gw.ws_addr().unwrap())
+        .await
+        .unwrap();
+    let mut bytes = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+    bytes.extend(common::raw::text("early bird"));
+    s.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let (b0, payload) = common::raw::read_frame(&mut s).await;
+    assert_eq!((b0, payload.as_slice()), (0x81, &b"early bird"[..]));
+}
+
+#[tokio::test]
+async fn frame_pipelined_with_the_upgrade_direct() {
+    frame_pipelined_with_the_upgrade(wsgate::config::WsUpgrade::Direct).await;
+}
+
+#[tokio::test]
+async fn frame_pipelined_with_the_upgrade_hyper() {
+    frame_pipelined_with_the_upgrade(wsgate::config::WsUpgrade::Hyper).await;
+}

@@ -53,6 +53,15 @@ pub enum WsIo {
     Poll,
 }
 
+/// How plain ws upgrades are parsed (see `Config::ws_upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WsUpgrade {
+    Hyper,
+    #[default]
+    Direct,
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,6 +77,10 @@ pub struct Config {
     /// Data path of plain ws:// sessions: "native" (readiness + per-core buffers on the monoio
     /// socket) or "poll" (through the tokio-trait adapter, as wss:// sessions are).
     pub ws_io: WsIo,
+    /// How plain ws:// upgrade requests are parsed: "hyper" (every request through hyper) or
+    /// "direct" (upgrade requests parsed with httparse on the native socket, everything else still
+    /// served by hyper; needs `ws_io = "native"`).
+    pub ws_upgrade: WsUpgrade,
     pub listen: ListenConfig,
     pub tls: TlsConfig,
     pub routes: RoutesConfig,
@@ -248,6 +261,7 @@ impl Default for Config {
             pin_cores: true,
             uring_defer_taskrun: true,
             ws_io: WsIo::Native,
+            ws_upgrade: WsUpgrade::Direct,
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
             routes: RoutesConfig::default(),

@@ -6,6 +6,7 @@
 //! (`without_shutdown` + `into_parts`, including any bytes it read past the request) and the caller
 //! starts the session in a task of its own.
 
+mod direct;
 mod timer;
 
 use std::cell::RefCell;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,6 +31,7 @@ use crate::admission::{Admission, Refusal};
 use crate::auth::{find_token, AuthError, Identity, Verifier};
 use crate::config::{Config, RouteName, RoutesConfig};
 use crate::stats::CoreStats;
+pub use direct::{upgrade_direct, Direct, Rewind};
 pub use timer::MonoioTimer;
 
 /// What the HTTP layer needs to route and admit requests (one per core, shared by its connections).
@@ -86,9 +87,9 @@ pub struct Upgraded<S> {
     pub identity: Option<Identity>,
 }
 
-struct Accepted {
-    route: Route,
-    identity: Option<Identity>,
+pub(crate) struct Accepted {
+    pub(crate) route: Route,
+    pub(crate) identity: Option<Identity>,
 }
 
 /// Serve HTTP on `io` until it closes (`None`) or upgrades (`Some`).
@@ -143,9 +144,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn respond(
+fn respond<B>(
     ctx: &HttpCtx,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     peer: IpAddr,
     slot: &RefCell<Option<Accepted>>,
     started: Instant,

@@ -12,6 +12,7 @@ mod native;
 mod outbox;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, CloseReason};
+pub(crate) use conn::with_scratch;
 pub use conn::{run, ConnLimits};
 pub use frames::{End, Frames, Handler, Message};
 pub use native::run as run_native;
