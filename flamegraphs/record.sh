@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Record a CPU flamegraph of wsgate (1 core) under one wsgate-load scenario.
 #
-#   flamegraphs/record.sh echo|fanout|fanout-1k|storm-wss [SECONDS]      (default 10 s of sampling)
+#   flamegraphs/record.sh echo|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]      (default 10 s of sampling)
 #
 # Output: flamegraphs/<scenario>.svg (inferno) and flamegraphs/<scenario>.folded (collapsed stacks,
 # what the percentages in docs/benchmarks.md are computed from), plus the load generator's JSON line
@@ -12,7 +12,7 @@
 #        kernel.perf_event_paranoid <= 2 (or root).
 # Bounded: every step runs under `timeout`; the gateway and the load generator are killed on exit.
 set -euo pipefail
-scenario=${1:?usage: record.sh echo|fanout|fanout-1k|storm-wss [SECONDS]}
+scenario=${1:?usage: record.sh echo|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]}
 secs=${2:-10}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -61,11 +61,14 @@ fanout-1k)
     warm=12   # 10,000 subscribers on 1,000 topics (10 each)
     args=(fanout --url ws://127.0.0.1:$base/ws --subscribers 10000 --topics 1000 --publishers 1 --rate 0
           --payload 128 --procs 2 --source-ips 127.0.0.2-127.0.0.9) ;;
+storm-ws)
+    warm=2
+    args=(storm --url ws://127.0.0.1:$base/ws --connections 8 --source-ips 127.0.0.2-127.0.0.9) ;;
 storm-wss)
     warm=2
     args=(storm --url wss://127.0.0.1:$((base + 1))/ws --insecure --connections 8
           --source-ips 127.0.0.2-127.0.0.9) ;;
-*) echo "unknown scenario $scenario (echo|fanout|fanout-1k|storm-wss)" >&2; exit 2 ;;
+*) echo "unknown scenario $scenario (echo|fanout|fanout-1k|storm-ws|storm-wss)" >&2; exit 2 ;;
 esac
 taskset -c 1 "$LOAD" "${args[@]}" --duration $((secs + warm + 3)) --server-pid "$spid" --json --quiet \
     >"$TMP/load.out" 2>"$TMP/load.err" &
