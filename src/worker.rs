@@ -410,6 +410,24 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsA
     }
 }
 
+/// Run an upgraded connection's session in a task of its own (the handshake task and its large
+/// future end here); `guard` keeps the connection counted until the session ends. Each data path is
+/// its own task type, so a native ws task carries no TLS state.
+fn spawn_session<D: crate::transport::SessionIo + 'static>(
+    io: D,
+    rest: bytes::Bytes,
+    route: crate::http::Route,
+    identity: Option<crate::auth::Identity>,
+    peer: std::net::IpAddr,
+    worker: Rc<Worker>,
+    guard: ConnGuard,
+) {
+    monoio::spawn(async move {
+        let _guard = guard;
+        crate::session::run(io, rest, route, identity, peer, worker).await
+    });
+}
+
 /// A plain connection on the direct upgrade path (`ws_upgrade = "direct"`): upgrade requests are
 /// answered without hyper and go straight to a native session; anything else is served by hyper.
 async fn direct_connection(
@@ -435,10 +453,7 @@ async fn direct_connection(
             identity,
         }) => {
             worker.record_handshake(accepted, false);
-            monoio::spawn(async move {
-                let _guard = guard;
-                crate::session::run(NativeIo(stream), rest, route, identity, peer, worker).await
-            });
+            spawn_session(NativeIo(stream), rest, route, identity, peer, worker, guard);
         }
         Ok(Direct::Hyper { stream, read }) => {
             let Ok(io) = stream.into_poll_io() else {
@@ -452,11 +467,8 @@ async fn direct_connection(
             };
             if let Some(up) = up {
                 worker.record_handshake(accepted, false);
-                monoio::spawn(async move {
-                    let _guard = guard;
-                    let io = PollIo(up.io);
-                    crate::session::run(io, up.read_buf, up.route, up.identity, peer, worker).await
-                });
+                let (io, rest) = (PollIo(up.io), up.read_buf);
+                spawn_session(io, rest, up.route, up.identity, peer, worker, guard);
             }
         }
     }
@@ -525,17 +537,10 @@ async fn connection(
                 let (buf, route, id) = (up.read_buf, up.route, up.identity);
                 match native {
                     Ok(stream) => {
-                        monoio::spawn(async move {
-                            let _guard = guard;
-                            crate::session::run(NativeIo(stream), buf, route, id, peer, worker)
-                                .await
-                        });
+                        spawn_session(NativeIo(stream), buf, route, id, peer, worker, guard);
                     }
                     Err(io) => {
-                        monoio::spawn(async move {
-                            let _guard = guard;
-                            crate::session::run(PollIo(io), buf, route, id, peer, worker).await
-                        });
+                        spawn_session(PollIo(io), buf, route, id, peer, worker, guard);
                     }
                 }
             }
@@ -559,11 +564,8 @@ async fn connection(
             };
             if let Some(up) = up {
                 worker.record_handshake(accepted, true);
-                monoio::spawn(async move {
-                    let _guard = guard;
-                    let io = PollIo(up.io);
-                    crate::session::run(io, up.read_buf, up.route, up.identity, peer, worker).await
-                });
+                let (io, rest) = (PollIo(up.io), up.read_buf);
+                spawn_session(io, rest, up.route, up.identity, peer, worker, guard);
             }
         }
     }

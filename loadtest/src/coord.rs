@@ -92,6 +92,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Open a connection to the target and count it as open.
+    pub async fn open_counted(&self) -> Result<crate::connect::Ws, ConnError> {
+        let ws = self.target.open(None).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ws)
+    }
+
     pub fn new(
         target: Target,
         common: &crate::cli::Common,

@@ -54,11 +54,7 @@ pub async fn run(args: &EchoArgs, ctx: Arc<Ctx>, coord: &mut Coord) -> Result<Pa
     let ids: Vec<usize> = (0..n).map(|k| ctx.proc_index + k * ctx.procs).collect();
     let conns = setup_all(&ctx, ids, |_| {
         let ctx = ctx.clone();
-        async move {
-            let ws = ctx.target.open(None).await?;
-            ctx.open.fetch_add(1, Ordering::Relaxed);
-            Ok(ws)
-        }
+        async move { ctx.open_counted().await }
     })
     .await;
 

@@ -149,8 +149,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>, coord: &mut Coord) -> Result<
     let subs = setup_all(&ctx, sub_ids, |i| {
         let ctx = ctx.clone();
         async move {
-            let mut ws = ctx.target.open(None).await?;
-            ctx.open.fetch_add(1, Ordering::Relaxed);
+            let mut ws = ctx.open_counted().await?;
             match subscribe(&mut ws, i, i % topics, &ctx).await {
                 Ok(()) => Ok(ws),
                 Err(e) => {
@@ -163,11 +162,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>, coord: &mut Coord) -> Result<
     .await;
     let pubs = setup_all(&ctx, pub_ids, |_| {
         let ctx = ctx.clone();
-        async move {
-            let ws = ctx.target.open(None).await?;
-            ctx.open.fetch_add(1, Ordering::Relaxed);
-            Ok(ws)
-        }
+        async move { ctx.open_counted().await }
     })
     .await;
 
