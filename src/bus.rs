@@ -5,6 +5,10 @@
 //! wakes the target core only if it was not already notified, so a burst of publishes costs one wake-up.
 //! Messages from one core to another arrive in the order they were sent, which is what keeps delivery
 //! order per (publisher, topic).
+//!
+//! With clustering on, the Redis bridge (`crate::cluster`) is one more participant: inbox index
+//! `cores`, reached through [`Bus::bridge`]. It takes part in interest announcements like a core
+//! does, which is how "a subscription is effective by its ack" holds across nodes too.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,26 +61,44 @@ struct Inbox {
     notified: AtomicBool,
 }
 
-/// All cores' inboxes; shared by every core through an `Arc`.
+/// All cores' inboxes (plus the cluster bridge's, when clustering is on); shared through an `Arc`.
 pub struct Bus {
     inboxes: Box<[Inbox]>,
+    cores: usize,
 }
 
 impl Bus {
     pub fn new(cores: usize) -> Arc<Self> {
+        Self::with_bridge(cores, false)
+    }
+
+    /// A bus for `cores` cores and, with `bridge`, one extra inbox for the cluster bridge.
+    pub fn with_bridge(cores: usize, bridge: bool) -> Arc<Self> {
         Arc::new(Self {
-            inboxes: (0..cores)
+            inboxes: (0..cores + usize::from(bridge))
                 .map(|_| Inbox {
                     queue: SegQueue::new(),
                     waker: AtomicWaker::new(),
                     notified: AtomicBool::new(false),
                 })
                 .collect(),
+            cores,
         })
     }
 
     pub fn cores(&self) -> usize {
-        self.inboxes.len()
+        self.cores
+    }
+
+    /// The cluster bridge's inbox index, when clustering is on.
+    pub fn bridge(&self) -> Option<usize> {
+        (self.inboxes.len() > self.cores).then_some(self.cores)
+    }
+
+    /// How many other participants confirm an interest announcement from a core: the other cores
+    /// and the bridge.
+    pub fn peers(&self) -> usize {
+        self.inboxes.len() - 1
     }
 
     /// Queue `msg` for core `to` and wake it if it is not already awake.
@@ -95,6 +117,30 @@ impl Bus {
         for to in (0..self.cores()).filter(|&c| c != from) {
             self.send(to, make());
         }
+    }
+
+    /// Send to every participant but `from`: the other cores and the bridge.
+    pub fn broadcast_all(&self, from: usize, mut make: impl FnMut() -> BusMsg) {
+        for to in (0..self.inboxes.len()).filter(|&c| c != from) {
+            self.send(to, make());
+        }
+    }
+
+    /// Wait until participant `me` has a message (for a consumer that is not a core, the bridge).
+    pub async fn ready(&self, me: usize) {
+        let Some(inbox) = self.inboxes.get(me) else {
+            return std::future::pending().await;
+        };
+        poll_fn(|cx| {
+            inbox.waker.register(cx.waker());
+            inbox.notified.store(false, Ordering::Release);
+            if inbox.queue.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 
     /// Take the next message for core `me` without waiting (benchmarks and tests; a running core

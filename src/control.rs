@@ -25,6 +25,8 @@ pub struct Control {
     pub certs: Option<Arc<CertStore>>,
     /// JWT keys, swappable at run time (`None` inside when auth is not configured).
     pub verifier: Arc<ArcSwapOption<Verifier>>,
+    /// The cluster bridge's state, with clustering on.
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 /// What a reload changed.
@@ -35,9 +37,13 @@ pub struct ReloadReport {
 }
 
 impl Control {
-    /// Every core started (its driver is known) and no shutdown has begun.
+    /// Every core started (its driver is known), no shutdown has begun and, where the config asks
+    /// for it, the cluster bus is connected.
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.stats.iter().all(|s| s.driver().is_some())
+        !self.draining.load(Ordering::Relaxed)
+            && self.stats.iter().all(|s| s.driver().is_some())
+            && (!self.config.cluster.ready_requires_redis
+                || self.cluster.as_ref().is_none_or(|c| c.is_up()))
     }
 
     pub fn snapshots(&self) -> Vec<CoreSnapshot> {
@@ -110,6 +116,7 @@ impl Control {
                 "tls_handshake_failed": sum(|c| c.tls_handshake_failures),
             },
             "publish_to_write_latency_us_worst_core": latency,
+            "cluster": self.cluster.as_ref().map(|c| c.json()),
             "cores": cores,
         })
     }

@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error("cannot start core {core}: {message}")]
     Core { core: usize, message: String },
+    #[error("cannot start the cluster bus: {0}")]
+    Cluster(String),
 }
 
 /// File descriptors kept free for listeners, the io driver and logging.
@@ -46,6 +48,7 @@ pub struct Gateway {
     fd_limit: Option<u64>,
     admin: Option<SocketAddr>,
     control: Arc<Control>,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A cloneable handle that stops or reloads the gateway from anywhere (signal handlers, threads).
@@ -229,7 +232,13 @@ impl Gateway {
         };
         let (ws_bound, wss_bound) = (local(&ws), local(&wss));
 
-        let bus = Bus::new(cores);
+        let bus = Bus::with_bridge(cores, config.cluster.enabled());
+        let cluster = crate::cluster::Cluster::start(
+            &config.cluster,
+            config.limits.max_topic_len,
+            bus.clone(),
+        )
+        .map_err(|e| StartError::Cluster(e.to_string()))?;
         let stats: Vec<Arc<CoreStats>> = (0..cores).map(|_| Arc::default()).collect();
         let config = Arc::new(config);
         let control = Arc::new(Control {
@@ -240,6 +249,7 @@ impl Gateway {
             admission: admission.clone(),
             certs: tls.as_ref().map(|t| t.store.clone()),
             verifier: verifier.clone(),
+            cluster: cluster.as_ref().map(|c| c.state.clone()),
         });
         let mut admin_listener = admin_listener;
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -286,6 +296,7 @@ impl Gateway {
             fd_limit,
             admin: admin_bound,
             control,
+            cluster,
         };
         for core in 0..cores {
             match ready_rx.recv() {
@@ -379,9 +390,12 @@ impl Gateway {
 
     /// Block until the gateway stops (after a `ShutdownHandle::shutdown`).
     pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.join();
+    }
+
+    /// The cluster bridge's state (node id, Redis link), with clustering on.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterState> {
+        self.cluster.as_ref().map(|c| &*c.state)
     }
 
     fn stop(&mut self) {
@@ -389,8 +403,18 @@ impl Gateway {
             return;
         }
         self.shutdown_handle().shutdown();
+        self.join();
+    }
+
+    /// Join the cores, then stop the cluster bridge: it forwards what the cores handed it while
+    /// draining before it exits.
+    fn join(&mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let (Some(cluster), Some(bridge)) = (&mut self.cluster, self.bus.bridge()) {
+            self.bus.send(bridge, BusMsg::Shutdown);
+            cluster.join();
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `session`: what a route does with messages (echo, pub/sub).
 //! - [`pubsub`]: protocol v1 envelopes and the per-core topic table.
 //! - [`bus`]: crossbeam queues + wake-ups between cores.
+//! - [`cluster`]: the Redis bridge that joins several nodes (a bus participant on its own thread).
 //! - [`gateway`]: start/stop, bound addresses, stats; [`config`]: typed settings; [`stats`]: counters.
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ pub mod admission;
 pub mod auth;
 pub mod bus;
 mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod gateway;

@@ -180,11 +180,20 @@ async fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Response<AdminBody> {
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return full(StatusCode::OK, "text/plain", "ok"),
         (&Method::GET, "/readyz") => {
+            let cluster = match &ctx.control.cluster {
+                Some(c) if c.is_up() => "; cluster bus: up",
+                Some(_) => "; cluster bus: down (Redis unreachable)",
+                None => "",
+            };
             return if ctx.control.ready() {
-                full(StatusCode::OK, "text/plain", "ready")
+                full(StatusCode::OK, "text/plain", format!("ready{cluster}"))
             } else {
-                full(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready")
-            }
+                full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready{cluster}"),
+                )
+            };
         }
         _ => {}
     }

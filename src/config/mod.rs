@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cluster;
+pub use cluster::{ClusterConfig, Sharded, MAX_NODE_ID};
+
 /// Configuration errors; each names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,6 +91,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub origin: OriginConfig,
     pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// The admin listener: backend publish API, stats, health/readiness, metrics, reload, status page.
@@ -269,6 +273,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             origin: OriginConfig::default(),
             admin: AdminConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -507,7 +512,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.cluster.validate()
     }
 
     /// The plain listener address (`None` when "off"). Call after `validate`.

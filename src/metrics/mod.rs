@@ -337,6 +337,64 @@ impl Collector for GatewayCollector {
             let labels: Labels = vec![("core", c.core.to_string()), ("driver", driver.to_string())];
             put(&mut d, &labels, G, 1)?;
         }
+        if let Some(cl) = &ctl.cluster {
+            cluster(&mut enc, cl)?;
+        }
         Ok(())
     }
+}
+
+/// The Redis bridge's link state and counters (only with clustering on).
+fn cluster(enc: &mut DescriptorEncoder, cl: &crate::cluster::ClusterState) -> fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let node: Labels = vec![("node", cl.node_id.clone())];
+    let series: [(&str, &str, MetricType, u64); 7] = [
+        (
+            names::CLUSTER_UP,
+            "1 while the cluster bus is connected to Redis",
+            MetricType::Gauge,
+            u64::from(cl.is_up()),
+        ),
+        (
+            names::CLUSTER_CHANNELS,
+            "Redis channels this node is subscribed to",
+            MetricType::Gauge,
+            cl.channels.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_SENT,
+            "Publishes and direct messages sent to Redis for other nodes",
+            MetricType::Counter,
+            cl.sent.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_RECEIVED,
+            "Messages from other nodes or backends forwarded to this node's cores",
+            MetricType::Counter,
+            cl.received.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_NOT_FORWARDED,
+            "Local publishes that did not reach other nodes (Redis unreachable or failing)",
+            MetricType::Counter,
+            cl.not_forwarded.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_DROPPED_INCOMING,
+            "Messages from Redis dropped (malformed, or the bridge fell behind)",
+            MetricType::Counter,
+            cl.dropped_incoming.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_RECONNECTS,
+            "Reconnections to Redis after the first connection",
+            MetricType::Counter,
+            cl.reconnects.load(Relaxed),
+        ),
+    ];
+    for (name, help, kind, v) in series {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        put(&mut m, &node, kind, v)?;
+    }
+    Ok(())
 }

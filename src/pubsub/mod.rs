@@ -103,12 +103,12 @@ impl TopicTable {
     pub fn subscribe(&self, sub: &Rc<Subscriber>, topic: &str) -> Subscribed {
         let mut local = self.local.borrow_mut();
         if !local.contains_key(topic) {
-            let announce = (self.bus.cores() > 1).then(|| {
+            let announce = (self.bus.peers() > 0).then(|| {
                 let gen = self.next_gen.get();
                 self.next_gen.set(gen + 1);
                 let shared: Arc<str> = Arc::from(topic);
                 let from = self.core;
-                self.bus.broadcast(from, || BusMsg::Interest {
+                self.bus.broadcast_all(from, || BusMsg::Interest {
                     topic: shared.clone(),
                     from,
                     on: true,
@@ -116,7 +116,7 @@ impl TopicTable {
                 });
                 Announce {
                     gen,
-                    outstanding: self.bus.cores() - 1,
+                    outstanding: self.bus.peers(),
                     waiters: Vec::new(),
                 }
             });
@@ -156,10 +156,10 @@ impl TopicTable {
         if entry.subs.is_empty() {
             local.remove(topic);
             self.stats.topics.sub(1);
-            if self.bus.cores() > 1 {
+            if self.bus.peers() > 0 {
                 let shared: Arc<str> = Arc::from(topic);
                 let from = self.core;
-                self.bus.broadcast(from, || BusMsg::Interest {
+                self.bus.broadcast_all(from, || BusMsg::Interest {
                     topic: shared.clone(),
                     from,
                     on: false,
@@ -169,12 +169,23 @@ impl TopicTable {
         }
     }
 
-    /// Deliver `frame` to the subscribers of `topic` on this core and hand it to every core that has
-    /// some. Returns the number of local sessions reached.
+    /// Deliver `frame` to the subscribers of `topic` on this core, hand it to every core that has
+    /// some and, with clustering on, to the bridge (once, for the other nodes). Returns the number of
+    /// local sessions reached.
     pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
         self.stats.publishes.add(1);
         let published_us = crate::clock::now_us();
         let mask = self.remote.borrow().get(topic).copied().unwrap_or(0);
+        if let Some(bridge) = self.bus.bridge() {
+            self.bus.send(
+                bridge,
+                BusMsg::Publish {
+                    topic: Arc::from(topic),
+                    frame: frame.clone(),
+                    published_us,
+                },
+            );
+        }
         if mask != 0 {
             let shared: Arc<str> = Arc::from(topic);
             for core in (0..self.bus.cores()).filter(|c| mask & (1 << c) != 0) {
@@ -220,13 +231,13 @@ impl TopicTable {
         }
     }
 
-    /// Deliver a direct-message frame to every session of `to` on every core. Every other core gets
-    /// it (users are not announced across cores); returns the local sessions reached.
+    /// Deliver a direct-message frame to every session of `to` on every core (and every node). Every
+    /// other core gets it (users are not announced across cores); returns the local sessions reached.
     pub fn direct(&self, to: &str, frame: Bytes) -> usize {
         self.stats.direct_messages.add(1);
-        if self.bus.cores() > 1 {
+        if self.bus.peers() > 0 {
             let shared: Arc<str> = Arc::from(to);
-            self.bus.broadcast(self.core, || BusMsg::Direct {
+            self.bus.broadcast_all(self.core, || BusMsg::Direct {
                 to: shared.clone(),
                 frame: frame.clone(),
             });
