@@ -181,7 +181,8 @@ impl Scenario {
 /// Flags every scenario understands.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Target, ws://HOST:PORT[/path] or wss://... (path defaults per scenario).
+    /// Target, ws://HOST:PORT[/path] or wss://... (path defaults per scenario). Several
+    /// comma-separated targets (the nodes of one cluster) get the connections round-robin.
     #[arg(long)]
     pub url: String,
 

@@ -32,9 +32,10 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Everything needed to open one more connection to the server under test.
 pub struct Target {
-    pub url: ParsedUrl,
-    /// The address actually connected to (first resolved address).
-    pub addr: SocketAddr,
+    /// Every target with the address connected to (its first resolved address); connections go
+    /// to them round-robin (several nodes of one cluster).
+    nodes: Vec<(ParsedUrl, SocketAddr)>,
+    next_node: AtomicUsize,
     connector: Option<Connector>,
     source_ips: Vec<IpAddr>,
     next_source: AtomicUsize,
@@ -150,23 +151,20 @@ impl Target {
         proc_index: usize,
         procs: usize,
     ) -> Result<Target> {
-        let url = parse_url(&common.url, default_path)?;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-            .with_context(|| format!("cannot resolve {}", url.host))?
-            .collect();
-        let Some(first) = addrs.first().copied() else {
-            bail!("{} resolved to no address", url.host);
-        };
-        if !common.allow_remote {
-            if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-                crate::usage!(
-                    "refusing non-loopback target {} ({}): only 127.0.0.0/8, ::1 and localhost \
-                     are allowed; pass --allow-remote for a real deployment you are responsible for",
-                    url.host,
-                    bad.ip()
-                );
-            }
+        let mut nodes = Vec::new();
+        for one in common.url.split(',') {
+            nodes.push(resolve(one.trim(), default_path, common.allow_remote).await?);
+        }
+        let (url, first) = nodes[0].clone();
+        if let Some((other, _)) = nodes
+            .iter()
+            .find(|(u, a)| u.tls != url.tls || a.is_ipv4() != first.is_ipv4())
+        {
+            crate::usage!(
+                "--url: every target must use the same scheme and IP family ({} vs {})",
+                display_url(&url),
+                display_url(other)
+            );
         }
         let connector = if url.tls {
             tls_connector(common)?
@@ -187,8 +185,8 @@ impl Target {
             );
         }
         Ok(Target {
-            url,
-            addr: first,
+            nodes,
+            next_node: AtomicUsize::new(0),
             connector,
             source_ips,
             next_source: AtomicUsize::new(proc_index),
@@ -197,9 +195,10 @@ impl Target {
         })
     }
 
-    /// The effective URL (with the default path filled in).
+    /// The effective URL(s) (with the default path filled in).
     pub fn display_url(&self) -> String {
-        display_url(&self.url)
+        let all: Vec<String> = self.nodes.iter().map(|(u, _)| display_url(u)).collect();
+        all.join(",")
     }
 
     fn next_source_ip(&self) -> Option<IpAddr> {
@@ -225,7 +224,9 @@ impl Target {
     }
 
     async fn open_inner(&self, path: Option<&str>) -> Result<Ws, ConnError> {
-        let socket = if self.addr.is_ipv4() {
+        let k = self.next_node.fetch_add(1, Ordering::Relaxed);
+        let (url, addr) = &self.nodes[k % self.nodes.len()];
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
@@ -238,19 +239,19 @@ impl Target {
                 .map_err(|e| classify_io(&e, &format!("bind {src}")))?;
         }
         let stream = socket
-            .connect(self.addr)
+            .connect(*addr)
             .await
             .map_err(|e| classify_io(&e, "connect"))?;
         // Latency numbers would otherwise include Nagle delays.
         let _ = stream.set_nodelay(true);
-        let path = path.unwrap_or(&self.url.path);
-        let scheme = if self.url.tls { "wss" } else { "ws" };
-        let host = if self.url.host.contains(':') {
-            format!("[{}]", self.url.host)
+        let path = path.unwrap_or(&url.path);
+        let scheme = if url.tls { "wss" } else { "ws" };
+        let host = if url.host.contains(':') {
+            format!("[{}]", url.host)
         } else {
-            self.url.host.clone()
+            url.host.clone()
         };
-        let request = format!("{scheme}://{host}:{}{path}", self.url.port);
+        let request = format!("{scheme}://{host}:{}{path}", url.port);
         let config = WebSocketConfig {
             max_message_size: Some(64 << 20),
             max_frame_size: Some(64 << 20),
@@ -266,6 +267,33 @@ impl Target {
         .map_err(|e| classify_ws(&e, "upgrade"))?;
         Ok(ws)
     }
+}
+
+/// Parse one `--url` target, resolve it and enforce the loopback rule.
+async fn resolve(
+    one: &str,
+    default_path: &str,
+    allow_remote: bool,
+) -> Result<(ParsedUrl, SocketAddr)> {
+    let url = parse_url(one, default_path)?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .with_context(|| format!("cannot resolve {}", url.host))?
+        .collect();
+    let Some(first) = addrs.first().copied() else {
+        bail!("{} resolved to no address", url.host);
+    };
+    if !allow_remote {
+        if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            crate::usage!(
+                "refusing non-loopback target {} ({}): only 127.0.0.0/8, ::1 and localhost \
+                 are allowed; pass --allow-remote for a real deployment you are responsible for",
+                url.host,
+                bad.ip()
+            );
+        }
+    }
+    Ok((url, first))
 }
 
 pub fn display_url(u: &ParsedUrl) -> String {
