@@ -2,8 +2,9 @@
 # Fan-out across cluster nodes vs one node: starts a redis-server and NODES wsgate processes (one
 # core each, clustered through that Redis; NODES=0 means one node with clustering off), runs one
 # `wsgate-load fanout` spreading its connections round-robin over the nodes, and appends one JSON
-# line to flamegraphs/results/cluster.jsonl: the load generator's report plus the CPU seconds of
-# every node and of redis-server over the whole run (read from /proc/PID/stat).
+# line to flamegraphs/results/cluster.jsonl: the load generator's report (its server_cpu_* figures
+# sum every node over the measured window, `--server-pid A,B`) plus the CPU seconds of all nodes and
+# of redis-server over the whole run, setup included (read from /proc/PID/stat).
 #
 #   flamegraphs/cluster-bench.sh NODES LABEL [wsgate-load fanout args...]
 #
@@ -48,7 +49,8 @@ done
 sleep 0.5
 before=(); for p in "${npids[@]}" "$rpid"; do before+=("$(ticks "$p")"); done
 joined=$(IFS=,; echo "${urls[*]}")
-cmd=("$BIN/wsgate-load" fanout --url "$joined" --json --quiet "$@")
+spids=$(IFS=,; echo "${npids[*]}")
+cmd=("$BIN/wsgate-load" fanout --url "$joined" --server-pid "$spids" --json --quiet "$@")
 echo "+ ${cmd[*]}" >&2
 line=$(timeout 300 "${cmd[@]}" 2>"$tmp/load.err" | tail -1)
 after=(); for p in "${npids[@]}" "$rpid"; do after+=("$(ticks "$p")"); done
@@ -60,9 +62,9 @@ redis_cpu=$(( ${after[$ri]} - ${before[$ri]} ))
 if ! jq -e . >/dev/null 2>&1 <<<"$line"; then
     echo "no JSON from wsgate-load; stderr:" >&2; tail -5 "$tmp/load.err" >&2; line='{}'
 fi
-jq -c --arg label "$label" --argjson nodes "$nodes" --arg commit "$(git rev-parse --short HEAD)" \
+jq -c --arg lbl "$label" --argjson nodes "$nodes" --arg commit "$(git rev-parse --short HEAD)" \
    --arg date "$(date -u +%FT%TZ)" --arg load1 "$(cut -d' ' -f1 /proc/loadavg)" \
-   --argjson node_cpu_s "$(echo "scale=3; $node_cpu / $hz" | bc)" \
-   --argjson redis_cpu_s "$(echo "scale=3; $redis_cpu / $hz" | bc)" \
-   '. + {label: $label, nodes: $nodes, commit: $commit, date: $date, load1: $load1,
-         nodes_cpu_s: $node_cpu_s, redis_cpu_s: $redis_cpu_s}' <<<"$line" | tee -a "$OUT"
+   --argjson node_cpu_s "$(awk -v t="$node_cpu" -v h="$hz" 'BEGIN { printf "%.3f", t / h }')" \
+   --argjson redis_cpu_s "$(awk -v t="$redis_cpu" -v h="$hz" 'BEGIN { printf "%.3f", t / h }')" \
+   '. + {"label": $lbl, "nodes": $nodes, "commit": $commit, "date": $date, "load1": $load1,
+         "nodes_cpu_s": $node_cpu_s, "redis_cpu_s": $redis_cpu_s}' <<<"$line" | tee -a "$OUT"

@@ -200,8 +200,9 @@ pub struct Common {
     pub json: bool,
 
     /// Gateway process to observe: CPU time and VmRSS from /proc over the measured window.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// Several comma-separated PIDs (e.g. the nodes of a cluster, Redis) are summed.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// wss only: accept any server certificate (self-signed test certificates).
     #[arg(long)]

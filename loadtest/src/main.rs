@@ -115,14 +115,13 @@ fn progress_enabled(sc: &Scenario) -> bool {
 }
 
 fn server_probe(sc: &Scenario) -> Result<Option<ServerProbe>> {
-    match sc.common().server_pid {
-        Some(pid) => {
-            let p = ServerProbe { pid };
-            p.sample().context("--server-pid")?;
-            Ok(Some(p))
-        }
-        None => Ok(None),
+    let pids = &sc.common().server_pid;
+    if pids.is_empty() {
+        return Ok(None);
     }
+    let p = ServerProbe::new(pids)?;
+    p.sample().context("--server-pid")?;
+    Ok(Some(p))
 }
 
 /// First Ctrl-C ends the measured window early (a report is still printed); the second exits.

@@ -17,26 +17,52 @@ pub struct ServerSample {
     pub at: Instant,
 }
 
-/// Samples `/proc/PID/{stat,status}`.
+/// Most processes one probe sums (`--server-pid A,B,...`).
+pub const MAX_PIDS: usize = 8;
+
+/// Samples `/proc/PID/{stat,status}` of one or several processes (summed).
 #[derive(Debug, Clone, Copy)]
 pub struct ServerProbe {
-    pub pid: u32,
+    pids: [u32; MAX_PIDS],
+    n: usize,
 }
 
 impl ServerProbe {
+    pub fn new(pids: &[u32]) -> Result<Self> {
+        if pids.is_empty() || pids.len() > MAX_PIDS {
+            crate::usage!("--server-pid takes 1 to {MAX_PIDS} PIDs");
+        }
+        let mut all = [0; MAX_PIDS];
+        all[..pids.len()].copy_from_slice(pids);
+        Ok(Self {
+            pids: all,
+            n: pids.len(),
+        })
+    }
+
+    /// CPU ticks and VmRSS summed over every observed process.
     pub fn sample(&self) -> Result<ServerSample> {
+        let mut total = Self::sample_one(self.pids[0])?;
+        for &pid in &self.pids[1..self.n] {
+            let s = Self::sample_one(pid)?;
+            total.cpu_ticks += s.cpu_ticks;
+            total.rss_kib += s.rss_kib;
+        }
+        Ok(total)
+    }
+
+    fn sample_one(pid: u32) -> Result<ServerSample> {
         let at = Instant::now();
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).with_context(|| {
-                format!(
-                    "server process {} is gone or unreadable (/proc/PID/stat)",
-                    self.pid
-                )
-            })?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid)).with_context(|| {
+            format!(
+                "server process {} is gone or unreadable (/proc/PID/stat)",
+                pid
+            )
+        })?;
         let cpu_ticks = parse_stat_cpu(&stat)
-            .with_context(|| format!("unexpected /proc/{}/stat format", self.pid))?;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .with_context(|| format!("server process {} is gone (/proc/PID/status)", self.pid))?;
+            .with_context(|| format!("unexpected /proc/{}/stat format", pid))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid))
+            .with_context(|| format!("server process {} is gone (/proc/PID/status)", pid))?;
         let rss_kib = parse_vmrss_kib(&status).unwrap_or(0);
         Ok(ServerSample {
             cpu_ticks,
@@ -154,11 +180,10 @@ mod tests {
 
     #[test]
     fn own_process_is_readable() -> Result<()> {
-        let s = ServerProbe {
-            pid: std::process::id(),
-        }
-        .sample()?;
-        assert!(s.rss_kib > 0);
+        let one = ServerProbe::new(&[std::process::id()])?.sample()?;
+        assert!(one.rss_kib > 0);
+        let two = ServerProbe::new(&[std::process::id(), std::process::id()])?.sample()?;
+        assert!(two.rss_kib >= 2 * one.rss_kib - 1024, "{two:?} vs {one:?}");
         Ok(())
     }
 }

@@ -464,6 +464,27 @@ fn idle_connects_and_holds_every_connection() {
 }
 
 #[test]
+fn several_targets_share_the_connections_round_robin() {
+    let (a, b) = (gateway(1), gateway(1));
+    let urls = format!("ws://{},ws://{}", ws_addr(&a), ws_addr(&b));
+    let o = load(
+        "idle",
+        &urls,
+        &["--connections", "40", "--ramp", "1000", "--hold", "1"],
+    );
+    let r = o.expect_success();
+    assert_eq!(num(&r, "connected"), 40, "{}", o.describe());
+    assert_eq!(gateway_sum(&a, |s| s.upgrades, 20), 20, "{}", o.describe());
+    assert_eq!(gateway_sum(&b, |s| s.upgrades, 20), 20, "{}", o.describe());
+    let mixed = load(
+        "idle",
+        &format!("ws://{},wss://{}", ws_addr(&a), ws_addr(&b)),
+        &["--connections", "2"],
+    );
+    assert_eq!(mixed.status.code(), Some(2), "{}", mixed.describe());
+}
+
+#[test]
 fn storm_handshakes_without_failures() {
     let gw = gateway(2);
     let o = load(

@@ -59,7 +59,7 @@ pub fn report(sc: &Scenario, url: String, p: &Partial, marks: &ServerMarks) -> R
         Scenario::Idle(a) => idle::report(a, p, &mut r),
         Scenario::Storm(a) => storm::report(a, p, &mut r),
     }
-    r.finish_common(p, marks, c.server_pid);
+    r.finish_common(p, marks, c.server_pid.first().copied());
     if let Scenario::Idle(_) = sc {
         idle::finish(&mut r);
     }
