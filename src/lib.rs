@@ -32,6 +32,7 @@ pub mod hooks;
 mod http;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod pubsub;
 mod session;
 mod shutdown;

@@ -25,3 +25,7 @@ pub const SUBSCRIPTIONS: &str = "wsgate_subscriptions";
 pub const PUBLISH_TO_WRITE_SECONDS: &str = "wsgate_publish_to_write_seconds";
 pub const UPTIME_SECONDS: &str = "wsgate_uptime_seconds";
 pub const CORE_DRIVER: &str = "wsgate_core_driver";
+pub const PROXY_SESSIONS: &str = "wsgate_proxy_sessions";
+pub const PROXY_UPSTREAM_FAILURES: &str = "wsgate_proxy_upstream_failures";
+pub const PROXY_BYTES: &str = "wsgate_proxy_bytes";
+pub const PROXY_BUFFERED_BYTES: &str = "wsgate_proxy_buffered_bytes";
