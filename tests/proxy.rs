@@ -113,6 +113,10 @@ where
         while let Some(Ok(_)) = ws.next().await {}
         return;
     }
+    if path.contains("sink") {
+        // Never read: the client's messages must back up into the client, not into wsgate.
+        std::future::pending::<()>().await;
+    }
     while let Some(Ok(m)) = ws.next().await {
         match m {
             Message::Text(t) if t == "close me" => {
@@ -549,6 +553,54 @@ async fn slow_client_does_not_grow_gateway_buffers() {
     }
     assert!(most <= BOUND, "buffered {most} > {BOUND}");
     assert_eq!(u16::from(expect_close(&mut ws).await.code), 1000);
+}
+
+/// The other direction: an upstream that does not read while the client floods. wsgate stops reading
+/// the client (whose sends then block) instead of queueing for the upstream.
+#[tokio::test]
+async fn slow_upstream_does_not_grow_gateway_buffers() {
+    const OUTBOUND: usize = 256 * 1024;
+    const MAX_MESSAGE: usize = 128 * 1024;
+    const BOUND: u64 = (OUTBOUND + 3 * MAX_MESSAGE + 128 * 1024) as u64;
+    let up = upstream(None).await;
+    let mut c = config(1, DriverChoice::Auto);
+    c.limits.max_outbound_bytes = OUTBOUND;
+    c.limits.max_message_size = MAX_MESSAGE;
+    c.limits.idle_timeout_ms = 0;
+    c.proxy = vec![route("/p", &[url(up.addr, "/sink")])];
+    let gw = start(c);
+    let ws = connect(&ws_url(&gw, "/p")).await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let flood = tokio::spawn(async move {
+        let mut ws = ws;
+        for _ in 0..FLOOD_MESSAGES {
+            if ws.send(Message::Binary(vec![7; FLOOD_SIZE])).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let buffered = || stat(&gw, |s| s.proxy_buffered_bytes);
+    let mut most = 0;
+    tokio::time::timeout(PATIENCE, async {
+        while buffered() < OUTBOUND as u64 {
+            most = most.max(buffered());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the upstream's queue fills up");
+    for _ in 0..50 {
+        most = most.max(buffered());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = sent.load(Ordering::SeqCst);
+    eprintln!("while the upstream read nothing: at most {most} bytes buffered, client sent {sent} of {FLOOD_MESSAGES}");
+    assert!(most <= BOUND, "buffered {most} > {BOUND}");
+    assert!(sent < FLOOD_MESSAGES, "the client could send everything");
+    assert!(!flood.is_finished());
+    flood.abort();
 }
 
 fn proxy_key(toml: &str) -> String {

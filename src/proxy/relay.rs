@@ -329,6 +329,10 @@ impl Up {
             }
         };
         self.pending.drain(..pos);
+        if self.pending.is_empty() && self.pending.capacity() > 4096 {
+            // An idle session keeps no read buffer.
+            self.pending = Vec::new();
+        }
         result
     }
 
