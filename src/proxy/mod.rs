@@ -495,7 +495,10 @@ pub(crate) async fn answer(
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         extra.push((HeaderName::from_static("x-forwarded-for"), v));
     }
-    if let Some(v) = user.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+    if let Some(v) = user
+        .as_deref()
+        .and_then(|u| HeaderValue::from_bytes(u.as_bytes()).ok())
+    {
         extra.push((route.user_header.clone(), v));
     }
     resp.headers_mut().remove(SEC_WEBSOCKET_PROTOCOL);
