@@ -27,6 +27,8 @@ struct Seen {
     requests: Mutex<Vec<Recorded>>,
     closes: Mutex<Vec<u16>>,
     flooded: AtomicUsize,
+    /// Pings received from wsgate (clients' pings must not be forwarded).
+    pings: AtomicUsize,
 }
 
 struct Upstream {
@@ -111,6 +113,19 @@ where
         }
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}
+        return;
+    }
+    if path.contains("ping") {
+        // Ping wsgate; tell the client once the pong came back.
+        let _ = ws.send(Message::Ping(b"up".to_vec())).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if m == Message::Pong(b"up".to_vec()) {
+                let _ = ws.send(Message::Text("pong ok".into())).await;
+            }
+            if let Message::Ping(_) = m {
+                seen.pings.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         return;
     }
     if path.contains("sink") {
@@ -351,14 +366,7 @@ async fn client_close_code_reaches_the_upstream() {
     .unwrap();
     let echoed = expect_close(&mut ws).await;
     assert_eq!(u16::from(echoed.code), 4002);
-    tokio::time::timeout(PATIENCE, async {
-        while up.seen.closes.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("upstream saw a close");
-    assert_eq!(*up.seen.closes.lock().unwrap(), vec![4002]);
+    assert_eq!(upstream_closes(&up).await, vec![4002]);
 }
 
 #[tokio::test]
@@ -601,6 +609,78 @@ async fn slow_upstream_does_not_grow_gateway_buffers() {
     assert!(sent < FLOOD_MESSAGES, "the client could send everything");
     assert!(!flood.is_finished());
     flood.abort();
+}
+
+#[tokio::test]
+async fn pings_are_answered_per_hop_and_not_forwarded() {
+    let up = upstream(None).await;
+    let mut c = config(1, DriverChoice::Auto);
+    c.proxy = vec![route("/p", &[url(up.addr, "/ping")])];
+    let gw = start(c);
+    let mut ws = connect(&ws_url(&gw, "/p")).await;
+    // The upstream's ping is answered by wsgate and never reaches the client.
+    let first = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, Message::Text("pong ok".into()));
+    // The client's ping is answered by wsgate and never reaches the upstream.
+    ws.send(Message::Ping(b"client".to_vec())).await.unwrap();
+    let pong = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"client".to_vec()));
+    ws.close(None).await.unwrap();
+    let _ = expect_close(&mut ws).await;
+    assert_eq!(up.seen.pings.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_the_handshake_times_out_with_1014() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    let mut c = config(1, DriverChoice::Auto);
+    c.proxy = vec![ProxyRoute {
+        connect_timeout_ms: 200,
+        ..route("/p", &[url(addr, "/echo")])
+    }];
+    let gw = start(c);
+    let mut s = raw::upgrade(gw.ws_addr().unwrap(), "/p").await;
+    assert_eq!(read_close(&mut s).await, 1014);
+    assert_eq!(stat(&gw, |s| s.proxy_upstream_failures), 1);
+    held.abort();
+}
+
+#[tokio::test]
+async fn shutdown_closes_both_sides_with_1001() {
+    let (up, gw) = echo_proxy().await;
+    let mut ws = connect(&ws_url(&gw, "/p")).await;
+    roundtrip(&mut ws).await;
+    let stop = std::thread::spawn(move || gw.shutdown());
+    assert_eq!(u16::from(expect_close(&mut ws).await.code), 1001);
+    assert_eq!(upstream_closes(&up).await, vec![1001]);
+    stop.join().unwrap();
+}
+
+/// The close codes the upstream received, once it received one.
+async fn upstream_closes(up: &Upstream) -> Vec<u16> {
+    tokio::time::timeout(PATIENCE, async {
+        while up.seen.closes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("upstream saw a close");
+    up.seen.closes.lock().unwrap().clone()
 }
 
 fn proxy_key(toml: &str) -> String {
