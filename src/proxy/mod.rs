@@ -464,7 +464,7 @@ impl RouteState {
 /// subprotocol it chose. Responses of other routes pass through unchanged.
 pub(crate) async fn answer(
     ctx: &HttpCtx,
-    mut resp: Response<Full<Bytes>>,
+    resp: Response<Full<Bytes>>,
     slot: &RefCell<Option<Accepted>>,
     peer: IpAddr,
     tls: bool,
@@ -476,9 +476,22 @@ pub(crate) async fn answer(
         }) => (p.0.clone(), identity.as_ref().map(|i| i.user.clone())),
         _ => return resp,
     };
-    let Some(route) = ctx.proxy.routes.get(pending.route) else {
-        return resp;
-    };
+    match ctx.proxy.routes.get(pending.route) {
+        // Boxed: the connect state is paid only by proxied handshakes, not by every handshake task.
+        Some(route) => Box::pin(connect(ctx, route, resp, &pending, user, peer, tls)).await,
+        None => resp,
+    }
+}
+
+async fn connect(
+    ctx: &HttpCtx,
+    route: &RouteState,
+    mut resp: Response<Full<Bytes>>,
+    pending: &Pending,
+    user: Option<Arc<str>>,
+    peer: IpAddr,
+    tls: bool,
+) -> Response<Full<Bytes>> {
     let mut forwarded_for = pending
         .forwarded_for
         .iter()
