@@ -34,6 +34,7 @@ pub mod hooks;
 mod http;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod pubsub;
 mod session;
 mod shutdown;

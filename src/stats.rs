@@ -94,6 +94,15 @@ pub struct CoreStats {
     pub handshake_latency: Mutex<LatencySnapshot>,
     /// Bus inbox depth, sampled once a second by the core.
     pub bus_depth: Counter,
+    /// Proxied sessions open now (see `crate::proxy`).
+    pub proxy_sessions: Counter,
+    /// Upstream connects or handshakes that failed (each attempt, including retries).
+    pub proxy_upstream_failures: Counter,
+    /// Payload bytes relayed client -> upstream and upstream -> client.
+    pub proxy_bytes_up: Counter,
+    pub proxy_bytes_down: Counter,
+    /// Bytes the proxy holds in its relay buffers now (both directions, all proxied sessions).
+    pub proxy_buffered_bytes: Counter,
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets exported to Prometheus.
@@ -193,6 +202,11 @@ pub struct CoreSnapshot {
     pub bus_in: u64,
     pub slow_consumer_drops: u64,
     pub protocol_errors: u64,
+    pub proxy_sessions: u64,
+    pub proxy_upstream_failures: u64,
+    pub proxy_bytes_up: u64,
+    pub proxy_bytes_down: u64,
+    pub proxy_buffered_bytes: u64,
 }
 
 impl CoreSnapshot {
@@ -229,6 +243,11 @@ impl CoreSnapshot {
             bus_in: s.bus_in.get(),
             slow_consumer_drops: s.slow_consumer_drops.get(),
             protocol_errors: s.protocol_errors.get(),
+            proxy_sessions: s.proxy_sessions.get(),
+            proxy_upstream_failures: s.proxy_upstream_failures.get(),
+            proxy_bytes_up: s.proxy_bytes_up.get(),
+            proxy_bytes_down: s.proxy_bytes_down.get(),
+            proxy_buffered_bytes: s.proxy_buffered_bytes.get(),
         }
     }
 }

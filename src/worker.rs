@@ -242,6 +242,14 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         ready,
     } = spec;
     stats.set_driver(driver);
+    let mut http = HttpCtx::new(&config, verifier, admission.clone(), stats.clone());
+    match crate::proxy::Proxies::new(&config.proxy) {
+        Ok(p) => http.proxy = p,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {idx}: {e}")));
+            return;
+        }
+    }
     let worker = Rc::new(Worker {
         shutdown: Shutdown::default(),
         idx,
@@ -249,12 +257,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         ws_io: config.ws_io,
         ws_upgrade: config.ws_upgrade,
         hook,
-        http: Rc::new(HttpCtx::new(
-            &config,
-            verifier,
-            admission.clone(),
-            stats.clone(),
-        )),
+        http: Rc::new(http),
         table: TopicTable::new(idx, bus.clone(), stats.clone()),
         stats,
         admission,
@@ -460,7 +463,7 @@ async fn direct_connection(
                 return;
             };
             let left = deadline.saturating_sub(accepted.elapsed());
-            let serve = crate::http::serve(Rewind::new(read, io), worker.http.clone(), peer);
+            let serve = crate::http::serve(Rewind::new(read, io), worker.http.clone(), peer, false);
             let Ok(up) = monoio::time::timeout(left, serve).await else {
                 worker.stats.handshake_timeouts.add(1);
                 return;
@@ -520,7 +523,8 @@ async fn connection(
     let http = worker.http.clone();
     match tls {
         None => {
-            let Ok(up) = monoio::time::timeout(deadline, crate::http::serve(io, http, peer)).await
+            let Ok(up) =
+                monoio::time::timeout(deadline, crate::http::serve(io, http, peer, false)).await
             else {
                 worker.stats.handshake_timeouts.add(1);
                 return;
@@ -556,7 +560,7 @@ async fn connection(
                         return None;
                     }
                 };
-                crate::http::serve(tls, http, peer).await
+                crate::http::serve(tls, http, peer, true).await
             };
             let Ok(up) = monoio::time::timeout(deadline, handshake).await else {
                 worker.stats.handshake_timeouts.add(1);

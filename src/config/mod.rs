@@ -25,6 +25,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key of the `index`th `[[proxy]]` route (`proxy[index].key`).
+    #[error("invalid value for `proxy[{index}].{key}`: {message}")]
+    InvalidProxy {
+        index: usize,
+        key: &'static str,
+        message: String,
+    },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -92,6 +99,68 @@ pub struct Config {
     pub origin: OriginConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    /// Edge-proxy routes (`[[proxy]]`), relayed to upstream WebSocket servers (see `crate::proxy`).
+    pub proxy: Vec<ProxyRoute>,
+}
+
+/// How a proxy route picks among its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each core takes the next upstream in turn.
+    #[default]
+    RoundRobin,
+    /// Rendezvous hashing on the authenticated user id (anonymous clients: round robin).
+    UserHash,
+}
+
+/// One `[[proxy]]` route: client upgrades on `path` (and below it) are relayed to an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyRoute {
+    /// Client path prefix, e.g. "/chat" (matches /chat and /chat/...).
+    pub path: String,
+    /// One upstream URL (ws:// or wss://); or use `upstreams`.
+    pub upstream: Option<String>,
+    /// Several upstream URLs, balanced by `balance`.
+    pub upstreams: Vec<String>,
+    pub balance: Balance,
+    /// Time allowed to connect to an upstream and complete its WebSocket handshake.
+    pub connect_timeout_ms: u64,
+    /// How long an upstream that failed to connect is skipped (per core).
+    pub retry_after_ms: u64,
+    /// Request header carrying the authenticated user id (the token's `sub`) to the upstream.
+    pub user_header: String,
+    /// Require a valid token for this route (401 otherwise).
+    pub auth_required: bool,
+    /// PEM file of CA certificates trusted for wss:// upstreams (default: the webpki roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ProxyRoute {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            upstream: None,
+            upstreams: Vec::new(),
+            balance: Balance::RoundRobin,
+            connect_timeout_ms: 3_000,
+            retry_after_ms: 5_000,
+            user_header: "x-wsgate-user".into(),
+            auth_required: false,
+            ca_file: None,
+        }
+    }
+}
+
+impl ProxyRoute {
+    /// `upstream` and `upstreams` together.
+    pub fn upstream_urls(&self) -> impl Iterator<Item = &str> {
+        self.upstream
+            .iter()
+            .chain(self.upstreams.iter())
+            .map(String::as_str)
+    }
 }
 
 /// The admin listener: backend publish API, stats, health/readiness, metrics, reload, status page.
@@ -274,6 +343,7 @@ impl Default for Config {
             origin: OriginConfig::default(),
             admin: AdminConfig::default(),
             cluster: ClusterConfig::default(),
+            proxy: Vec::new(),
         }
     }
 }
@@ -512,7 +582,8 @@ impl Config {
                 ));
             }
         }
-        self.cluster.validate()
+        self.cluster.validate()?;
+        crate::proxy::validate(self)
     }
 
     /// The plain listener address (`None` when "off"). Call after `validate`.

@@ -138,7 +138,7 @@ pub async fn upgrade_direct(stream: TcpStream, ctx: &HttpCtx, peer: IpAddr) -> D
     let mut parsed = httparse::Request::new(&mut headers);
     let is_ws_path = |p: &str| {
         let path = p.split('?').next().unwrap_or(p);
-        path == ctx.routes.pubsub || path == ctx.routes.echo
+        path == ctx.routes.pubsub || path == ctx.routes.echo || ctx.proxy.matches(path)
     };
     let upgrade = match parsed.parse(&buf[..head_len]) {
         Ok(httparse::Status::Complete(_)) => {
@@ -171,6 +171,7 @@ pub async fn upgrade_direct(stream: TcpStream, ctx: &HttpCtx, peer: IpAddr) -> D
     };
     let slot: RefCell<Option<Accepted>> = RefCell::new(None);
     let resp = respond(ctx, req, peer, &slot, Instant::now());
+    let resp = crate::proxy::answer(ctx, resp, &slot, peer, false).await;
     let body = body_bytes(resp.body());
     if write_all(&stream, &serialize(&resp, &body)).await.is_err() {
         return Direct::Done;

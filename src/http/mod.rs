@@ -44,6 +44,8 @@ pub struct HttpCtx {
     pub allowed_origins: Vec<String>,
     pub admission: Arc<Admission>,
     pub stats: Arc<CoreStats>,
+    /// This core's `[[proxy]]` routes and their balancing state (set by the core at start).
+    pub proxy: crate::proxy::Proxies,
 }
 
 impl HttpCtx {
@@ -63,6 +65,7 @@ impl HttpCtx {
             allowed_origins: config.origin.allowed.clone(),
             admission,
             stats,
+            proxy: crate::proxy::Proxies::default(),
         }
     }
 }
@@ -75,6 +78,9 @@ pub enum Route {
     PubSub {
         topics: Vec<String>,
     },
+    /// An edge-proxy route (`[[proxy]]`), with the request to forward and, once the upstream
+    /// answered, its connection.
+    Proxy(crate::proxy::Proxied),
 }
 
 /// An upgraded connection handed back by hyper.
@@ -87,13 +93,15 @@ pub struct Upgraded<S> {
     pub identity: Option<Identity>,
 }
 
+/// A request that passed admission and was answered with a 101 (once written).
 pub(crate) struct Accepted {
     pub(crate) route: Route,
     pub(crate) identity: Option<Identity>,
 }
 
-/// Serve HTTP on `io` until it closes (`None`) or upgrades (`Some`).
-pub async fn serve<S>(io: S, ctx: Rc<HttpCtx>, peer: IpAddr) -> Option<Upgraded<S>>
+/// Serve HTTP on `io` until it closes (`None`) or upgrades (`Some`); `tls` = the client came over
+/// wss:// (forwarded to proxy upstreams).
+pub async fn serve<S>(io: S, ctx: Rc<HttpCtx>, peer: IpAddr, tls: bool) -> Option<Upgraded<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -104,7 +112,11 @@ where
         service_fn(move |req| {
             let started = Instant::now();
             let resp = respond(&ctx, req, peer, &slot, started);
-            async move { Ok::<_, Infallible>(resp) }
+            let (ctx, slot) = (ctx.clone(), slot.clone());
+            async move {
+                let resp = crate::proxy::answer(&ctx, resp, &slot, peer, tls).await;
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let mut builder = http1::Builder::new();
@@ -164,6 +176,8 @@ fn respond<B>(
     } else if path == routes.pubsub {
         let topics = query_topics(req.uri().query());
         (Route::PubSub { topics }, ctx.auth_pubsub)
+    } else if let Some(proxied) = ctx.proxy.route_for(&req) {
+        proxied
     } else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };

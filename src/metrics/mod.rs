@@ -295,6 +295,41 @@ impl Collector for GatewayCollector {
                 ("protocol_error", |c| c.protocol_errors),
             ],
         )?;
+        per_core(
+            &mut enc,
+            names::PROXY_SESSIONS,
+            "Proxied sessions open now",
+            G,
+            &cores,
+            |c| c.proxy_sessions,
+        )?;
+        per_core(
+            &mut enc,
+            names::PROXY_UPSTREAM_FAILURES,
+            "Upstream connect or handshake attempts that failed",
+            C,
+            &cores,
+            |c| c.proxy_upstream_failures,
+        )?;
+        per_label(
+            &mut enc,
+            names::PROXY_BYTES,
+            "Payload bytes relayed by proxy routes, by direction",
+            "direction",
+            &cores,
+            &[
+                ("upstream", |c| c.proxy_bytes_up),
+                ("client", |c| c.proxy_bytes_down),
+            ],
+        )?;
+        per_core(
+            &mut enc,
+            names::PROXY_BUFFERED_BYTES,
+            "Bytes held in proxy relay buffers now",
+            G,
+            &cores,
+            |c| c.proxy_buffered_bytes,
+        )?;
         let lat: Vec<_> = ctl
             .stats
             .iter()

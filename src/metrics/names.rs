@@ -32,3 +32,7 @@ pub const CLUSTER_RECEIVED: &str = "wsgate_cluster_received_messages";
 pub const CLUSTER_NOT_FORWARDED: &str = "wsgate_cluster_not_forwarded_messages";
 pub const CLUSTER_DROPPED_INCOMING: &str = "wsgate_cluster_dropped_incoming_messages";
 pub const CLUSTER_RECONNECTS: &str = "wsgate_cluster_reconnects";
+pub const PROXY_SESSIONS: &str = "wsgate_proxy_sessions";
+pub const PROXY_UPSTREAM_FAILURES: &str = "wsgate_proxy_upstream_failures";
+pub const PROXY_BYTES: &str = "wsgate_proxy_bytes";
+pub const PROXY_BUFFERED_BYTES: &str = "wsgate_proxy_buffered_bytes";

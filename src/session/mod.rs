@@ -53,6 +53,9 @@ pub async fn run<D: transport::SessionIo>(
             h.leave();
             end
         }
+        Route::Proxy(p) => {
+            crate::proxy::run(io, read_buf, p, worker.clone(), me.clone(), limits).await
+        }
     };
     worker.unregister_session(me.id);
     stats.sessions.sub(1);

@@ -53,6 +53,23 @@ pub fn parse_frame(
     buf: &mut [u8],
     max_payload: usize,
 ) -> Result<Option<(FrameHeader, usize)>, CloseReason> {
+    parse_frame_from(buf, max_payload, true)
+}
+
+/// [`parse_frame`] for frames a server sends (unmasked), as read by the gateway's proxy when it is
+/// the client of an upstream.
+pub fn parse_server_frame(
+    buf: &mut [u8],
+    max_payload: usize,
+) -> Result<Option<(FrameHeader, usize)>, CloseReason> {
+    parse_frame_from(buf, max_payload, false)
+}
+
+fn parse_frame_from(
+    buf: &mut [u8],
+    max_payload: usize,
+    masked: bool,
+) -> Result<Option<(FrameHeader, usize)>, CloseReason> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -63,8 +80,11 @@ pub fn parse_frame(
     }
     let opcode =
         OpCode::try_from(b0 & 0x0f).map_err(|_| CloseReason::protocol("reserved opcode"))?;
-    if b1 & 0x80 == 0 {
+    if masked && b1 & 0x80 == 0 {
         return Err(CloseReason::protocol("client frame not masked"));
+    }
+    if !masked && b1 & 0x80 != 0 {
+        return Err(CloseReason::protocol("server frame masked"));
     }
     let len7 = (b1 & 0x7f) as usize;
     let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
@@ -96,13 +116,16 @@ pub fn parse_frame(
         return Err(CloseReason::new(close_code::TOO_BIG, "message too big"));
     }
     let len = len as usize;
-    if buf.len() < pos + 4 + len {
+    let mask_len = if masked { 4 } else { 0 };
+    if buf.len() < pos + mask_len + len {
         return Ok(None);
     }
-    let mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
-    pos += 4;
+    if masked {
+        let mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
+        pos += 4;
+        fastwebsockets::unmask(&mut buf[pos..pos + len], mask);
+    }
     let payload = pos..pos + len;
-    fastwebsockets::unmask(&mut buf[payload.clone()], mask);
     Ok(Some((
         FrameHeader {
             fin,
@@ -133,6 +156,23 @@ pub fn encode_frame_parts(opcode: OpCode, parts: &[&[u8]]) -> Bytes {
     for p in parts {
         out.put_slice(p);
     }
+    out.freeze()
+}
+
+/// Encode one final frame as a client sends it: masked with `key` (RFC 6455 §5.3).
+pub fn encode_masked_frame(opcode: OpCode, parts: &[&[u8]], key: [u8; 4]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; 10];
+    let n = fmt_head_len(opcode, len, &mut head);
+    head[1] |= 0x80;
+    let mut out = BytesMut::with_capacity(n + 4 + len);
+    out.put_slice(&head[..n]);
+    out.put_slice(&key);
+    let start = out.len();
+    for p in parts {
+        out.put_slice(p);
+    }
+    fastwebsockets::unmask(&mut out[start..], key);
     out.freeze()
 }
 

@@ -84,6 +84,80 @@ where
     end
 }
 
+/// Write everything queued in `outbox` to `io` with as few `writev`s as it allows, then flush (TLS
+/// may hold written bytes until flushed; `needs_flush` remembers that across calls).
+pub(crate) fn poll_write_outbox<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    needs_flush: &mut bool,
+    cx: &mut Context<'_>,
+    outbox: &Outbox,
+    report: &dyn Fn(usize, usize, Option<u64>),
+) -> Poll<io::Result<()>> {
+    while !outbox.is_empty() {
+        let res = outbox.with_front(|frames| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for f in frames.iter().take(MAX_IOVECS) {
+                slices[n] = IoSlice::new(f);
+                n += 1;
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n])
+        });
+        match res {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                let (frames, sample) = outbox.consume(n);
+                report(n, frames, sample);
+                *needs_flush = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    if *needs_flush {
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *needs_flush = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Close handshake: flush, send our close frame, half-close, then (when `linger`) read and drop until
+/// the peer is gone, so the close frame is not lost to a TCP reset. Bounded by the caller's timeout.
+pub(crate) async fn close_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    needs_flush: &mut bool,
+    outbox: &Outbox,
+    frame: Bytes,
+    linger: bool,
+) {
+    outbox.force_reply(frame);
+    let flushed =
+        poll_fn(|cx| poll_write_outbox(stream, needs_flush, cx, outbox, &|_, _, _| {})).await;
+    if flushed.is_err() {
+        return;
+    }
+    let _ = poll_fn(|cx| Pin::new(&mut *stream).poll_shutdown(cx)).await;
+    if !linger {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    loop {
+        let r = poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut sink);
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut rb)
+                .map_ok(|()| rb.filled().len())
+        })
+        .await;
+        if !matches!(r, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn poll_open<H: Handler>(&mut self, cx: &mut Context<'_>, h: &mut H) -> Poll<End> {
         h.outbox().register(cx.waker());
@@ -122,35 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         outbox: &Outbox,
         report: &dyn Fn(usize, usize, Option<u64>),
     ) -> Poll<io::Result<()>> {
-        while !outbox.is_empty() {
-            let res = outbox.with_front(|frames| {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut n = 0;
-                for f in frames.iter().take(MAX_IOVECS) {
-                    slices[n] = IoSlice::new(f);
-                    n += 1;
-                }
-                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
-            });
-            match res {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    let (frames, sample) = outbox.consume(n);
-                    report(n, frames, sample);
-                    self.needs_flush = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if self.needs_flush {
-            match Pin::new(&mut self.io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
+        poll_write_outbox(&mut self.io, &mut self.needs_flush, cx, outbox, report)
     }
 
     fn poll_read_and_process<H: Handler>(
@@ -176,29 +222,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         })
     }
 
-    /// Close handshake: flush, send our close frame, half-close, then read (and drop) until the peer is
-    /// gone, so the close frame is not lost to a TCP reset. Bounded by the caller's timeout.
+    /// Close handshake: see [`close_stream`].
     async fn close(&mut self, outbox: &Outbox, frame: Bytes) {
-        outbox.force_reply(frame);
-        if poll_fn(|cx| self.poll_write_queue(cx, outbox, &|_, _, _| {}))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
-        let mut sink = [0u8; 1024];
-        loop {
-            let r = poll_fn(|cx| {
-                let mut rb = ReadBuf::new(&mut sink);
-                Pin::new(&mut self.io)
-                    .poll_read(cx, &mut rb)
-                    .map_ok(|()| rb.filled().len())
-            })
-            .await;
-            if !matches!(r, Ok(n) if n > 0) {
-                return;
-            }
-        }
+        close_stream(&mut self.io, &mut self.needs_flush, outbox, frame, true).await;
     }
 }

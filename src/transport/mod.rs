@@ -11,8 +11,9 @@ mod frames;
 mod native;
 mod outbox;
 
-pub use codec::{close_code, encode_frame, encode_frame_parts, CloseReason};
+pub use codec::{close_code, encode_frame, encode_frame_parts, encode_masked_frame, CloseReason};
 pub(crate) use conn::with_scratch;
+pub(crate) use conn::{close_stream, poll_write_outbox};
 pub use conn::{run, ConnLimits};
 pub use frames::{End, Frames, Handler, Message};
 pub use native::run as run_native;
