@@ -4,7 +4,9 @@
 # `wsgate-load fanout` spreading its connections round-robin over the nodes, and appends one JSON
 # line to flamegraphs/results/cluster.jsonl: the load generator's report (its server_cpu_* figures
 # sum every node over the measured window, `--server-pid A,B`) plus the CPU seconds of all nodes and
-# of redis-server over the whole run, setup included (read from /proc/PID/stat).
+# of redis-server over the whole run, setup included (read from /proc/PID/stat). Every server-side
+# process (nodes, Redis) is pinned to CPU 0 and the load generator to CPU 1, so each configuration
+# gets the same single CPU for all of its server work.
 #
 #   flamegraphs/cluster-bench.sh NODES LABEL [wsgate-load fanout args...]
 #
@@ -26,7 +28,7 @@ trap cleanup EXIT
 
 ticks() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$tmp/redis.log" 2>&1 &
+taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$tmp/redis.log" 2>&1 &
 rpid=$!; pids+=("$rpid")
 count=$(( nodes == 0 ? 1 : nodes ))
 urls=()
@@ -38,7 +40,7 @@ for ((n = 1; n <= count; n++)); do
     else
         printf '[admin]\nlisten = "off"\n[cluster]\nredis_url = "redis://127.0.0.1:%s"\nnode_id = "n%s"\n' "$rport" "$n" >"$tmp/n$n.toml"
     fi
-    "$BIN/wsgate" --config "$tmp/n$n.toml" --ws 127.0.0.1:$port --wss off --cores 1 >"$tmp/n$n.log" 2>&1 &
+    taskset -c 0 "$BIN/wsgate" --config "$tmp/n$n.toml" --ws 127.0.0.1:$port --wss off --cores 1 >"$tmp/n$n.log" 2>&1 &
     npids+=($!); pids+=($!)
     urls+=("ws://127.0.0.1:$port/ws")
 done
@@ -50,7 +52,7 @@ sleep 0.5
 before=(); for p in "${npids[@]}" "$rpid"; do before+=("$(ticks "$p")"); done
 joined=$(IFS=,; echo "${urls[*]}")
 spids=$(IFS=,; echo "${npids[*]}")
-cmd=("$BIN/wsgate-load" fanout --url "$joined" --server-pid "$spids" --json --quiet "$@")
+cmd=(taskset -c 1 "$BIN/wsgate-load" fanout --url "$joined" --server-pid "$spids" --json --quiet "$@")
 echo "+ ${cmd[*]}" >&2
 line=$(timeout 300 "${cmd[@]}" 2>"$tmp/load.err" | tail -1)
 after=(); for p in "${npids[@]}" "$rpid"; do after+=("$(ticks "$p")"); done
