@@ -350,14 +350,34 @@ async fn drain(worker: &Worker) {
     }
 }
 
-/// Once a second, summarise the core's latency histogram where scrapes can read it.
+/// Once a second, summarise the core's latency histogram where scrapes can read it (and trim memory
+/// after a mass disconnect).
 async fn latency_snapshots(worker: Rc<Worker>) {
+    let mut high = 0;
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(Duration::from_secs(1)) => worker.publish_latency_snapshot(),
+            _ = monoio::time::sleep(Duration::from_secs(1)) => {
+                worker.publish_latency_snapshot();
+                high = trim_after_closes(&worker, high);
+            }
             _ = worker.shutdown.wait() => return,
         }
     }
+}
+
+/// mimalloc keeps the pages sessions freed in this thread's heap (and their arenas committed) until
+/// the thread allocates enough to reuse or purge them; a core that goes quiet after a mass disconnect
+/// would keep its peak RSS. Once `limits.memory_trim_after_closes` connections have closed since the
+/// last high-water mark, collect this core's heap. Returns the new high-water mark.
+fn trim_after_closes(worker: &Worker, high: u64) -> u64 {
+    let open = worker.stats.connections.get();
+    let every = worker.limits.memory_trim_after_closes;
+    if every > 0 && high.saturating_sub(open) >= every {
+        // SAFETY: mi_collect only walks and releases this thread's own mimalloc heap.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+        return open;
+    }
+    high.max(open)
 }
 
 /// Per-core heartbeat task: one timer for all of the core's sessions instead of one per session.

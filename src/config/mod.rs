@@ -279,6 +279,10 @@ pub struct LimitsConfig {
     pub close_timeout_ms: u64,
     /// On shutdown, how long sessions get to close before the gateway stops anyway.
     pub shutdown_grace_ms: u64,
+    /// After this many connections closed on a core (net, since its last trim), the core asks the
+    /// allocator to return freed memory to the OS (mimalloc `mi_collect`, checked once a second), so
+    /// RSS comes back after a mass disconnect. 0 = never.
+    pub memory_trim_after_closes: u64,
 }
 
 impl Default for Config {
@@ -340,6 +344,7 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             close_timeout_ms: 3_000,
             shutdown_grace_ms: 5_000,
+            memory_trim_after_closes: 1_000,
         }
     }
 }

@@ -195,8 +195,9 @@ pub(super) fn run_wire<'a, W: Wire + 'a, H: Handler>(
         } else if matches!(end, End::Eof) {
             // The peer is gone or half-closed: answer its close (TLS close_notify) if the socket
             // takes it now, without waiting.
-            wire.finish();
-            let _ = wire.flush(h.outbox(), &|_, _, _| {});
+            if wire.flush(h.outbox(), &|_, _, _| {}).is_ok() {
+                wire.finish();
+            }
         }
         h.outbox().detach();
         end

@@ -136,7 +136,10 @@ fn encrypt_err(e: EncryptError) -> Option<InsufficientSizeError> {
 /// One TLS connection's state: the rustls state machine and only the bytes that cannot be handed on
 /// yet.
 pub struct TlsConn {
-    conn: UnbufferedServerConnection,
+    /// Boxed: the state is about 1.1 KiB, and a session's value is moved through several futures
+    /// (the connection task, `session::run`, the wire) whose layouts can each keep a copy of a
+    /// moved-from value (rustc #62958); behind a pointer it exists once.
+    conn: Box<UnbufferedServerConnection>,
     /// Ciphertext of an incomplete record; empty (no allocation) between records.
     incoming: Vec<u8>,
     /// Ciphertext the socket refused; sent before anything else. Empty (no allocation) when idle.
@@ -150,7 +153,7 @@ pub struct TlsConn {
 impl TlsConn {
     pub fn new(config: Arc<rustls::ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(Self {
-            conn: UnbufferedServerConnection::new(config)?,
+            conn: Box::new(UnbufferedServerConnection::new(config)?),
             incoming: Vec::new(),
             outgoing: Vec::new(),
             peer_closed: false,
@@ -761,8 +764,9 @@ mod tests {
     use crate::transport::SessionIo;
 
     /// The session future (TLS state included, as it lives inline in the task) is part of every
-    /// idle wss session's memory: keep it small. The TLS state itself is about 1.1 KiB inline.
-    const TLS_SESSION_FUTURE_BUDGET: usize = 2048;
+    /// idle wss session's memory: keep it small. The TLS state (about 1.1 KiB) is boxed, so this is
+    /// close to the plain native session's budget.
+    const TLS_SESSION_FUTURE_BUDGET: usize = 768;
 
     #[test]
     fn tls_session_future_stays_within_budget() {
