@@ -235,7 +235,15 @@ async fn handshakes_over_the_cap_wait_for_a_slot() {
     let _silent = tokio::net::TcpStream::connect(gw.wss_addr().expect("wss"))
         .await
         .expect("connect");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Wait until the core has accepted it (and so given it the slot) before the real client comes.
+    let accepted = || gw.stats().iter().map(|s| s.accepted).sum::<u64>();
+    tokio::time::timeout(PATIENCE, async {
+        while accepted() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("silent connection accepted");
     let mut ws = connect_tls(&gw, "/echo").await;
     ws.send(Message::Text("through".into()))
         .await
