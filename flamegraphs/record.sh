@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Record a CPU flamegraph of wsgate (1 core) under one wsgate-load scenario.
 #
-#   flamegraphs/record.sh echo|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]      (default 10 s of sampling)
+#   flamegraphs/record.sh echo|echo-wss|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]   (default 10 s of sampling)
+#
+# NAME: output name (default: the scenario); SERVER_ARGS: extra gateway flags (e.g. a --config file
+# selecting wss_io = "buffered" for a before/after pair).
 #
 # Output: flamegraphs/<scenario>.svg (inferno) and flamegraphs/<scenario>.folded (collapsed stacks,
 # what the percentages in docs/benchmarks.md are computed from), plus the load generator's JSON line
@@ -12,7 +15,7 @@
 #        kernel.perf_event_paranoid <= 2 (or root).
 # Bounded: every step runs under `timeout`; the gateway and the load generator are killed on exit.
 set -euo pipefail
-scenario=${1:?usage: record.sh echo|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]}
+scenario=${1:?usage: record.sh echo|echo-wss|fanout|fanout-1k|storm-ws|storm-wss [SECONDS]}
 secs=${2:-10}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,7 +47,7 @@ trap cleanup EXIT INT TERM
 
 # 2. the gateway: 1 core, pinned to CPU 0; the generator gets CPU 1
 base=$((10000 + (RANDOM % 2000) * 10))
-taskset -c 0 "$GW" --ws 127.0.0.1:$base --wss 127.0.0.1:$((base + 1)) --cores 1 >"$TMP/gw.log" 2>&1 &
+taskset -c 0 "$GW" --ws 127.0.0.1:$base --wss 127.0.0.1:$((base + 1)) --cores 1 ${SERVER_ARGS:-} >"$TMP/gw.log" 2>&1 &
 spid=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$base/healthz" && break; sleep 0.1; done
 
@@ -53,6 +56,9 @@ case $scenario in
 echo)
     warm=2
     args=(echo --url ws://127.0.0.1:$base/echo --connections 100 --payload 512) ;;
+echo-wss)
+    warm=2
+    args=(echo --url wss://127.0.0.1:$((base + 1))/echo --insecure --connections 100 --payload 512) ;;
 fanout)
     warm=12   # 10,000 subscribers connect and subscribe first
     args=(fanout --url ws://127.0.0.1:$base/ws --subscribers 10000 --topics 1 --publishers 1 --rate 0
@@ -68,7 +74,7 @@ storm-wss)
     warm=2
     args=(storm --url wss://127.0.0.1:$((base + 1))/ws --insecure --connections 8
           --source-ips 127.0.0.2-127.0.0.9) ;;
-*) echo "unknown scenario $scenario (echo|fanout|fanout-1k|storm-ws|storm-wss)" >&2; exit 2 ;;
+*) echo "unknown scenario $scenario (echo|echo-wss|fanout|fanout-1k|storm-ws|storm-wss)" >&2; exit 2 ;;
 esac
 taskset -c 1 "$LOAD" "${args[@]}" --duration $((secs + warm + 3)) --server-pid "$spid" --json --quiet \
     >"$TMP/load.out" 2>"$TMP/load.err" &
@@ -81,10 +87,11 @@ timeout $((secs + 30)) perf record -e cpu-clock -F 997 -g -p "$spid" -o "$TMP/pe
 for _ in $(seq 600); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.5; done   # at most 5 min
 wait "$lpid" || true
 lpid=''
-tail -1 "$TMP/load.out" >"$OUTDIR/results/flame-$scenario.json" || true
+name=${NAME:-$scenario}
+tail -1 "$TMP/load.out" >"$OUTDIR/results/flame-$name.json" || true
 
 # 5. render
-timeout 600 perf script -i "$TMP/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$OUTDIR/$scenario.folded"
-inferno-flamegraph --title "wsgate 1 core: $scenario (cpu-clock, $secs s)" \
-    <"$OUTDIR/$scenario.folded" >"$OUTDIR/$scenario.svg"
-echo "wrote $OUTDIR/$scenario.svg ($(wc -l <"$OUTDIR/$scenario.folded") distinct stacks)"
+timeout 600 perf script -i "$TMP/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$OUTDIR/$name.folded"
+inferno-flamegraph --title "wsgate 1 core: $name (cpu-clock, $secs s)" \
+    <"$OUTDIR/$name.folded" >"$OUTDIR/$name.svg"
+echo "wrote $OUTDIR/$name.svg ($(wc -l <"$OUTDIR/$name.folded") distinct stacks)"

@@ -18,13 +18,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{Admission, Ticket};
 use crate::auth::Verifier;
 use crate::bus::{Bus, BusMsg};
-use crate::config::{Config, DriverChoice, LimitsConfig, WsIo, WsUpgrade};
+use crate::config::{Config, DriverChoice, LimitsConfig, WsIo, WsUpgrade, WssIo};
 use crate::http::HttpCtx;
 use crate::pubsub::{Subscriber, TopicTable};
 use crate::shutdown::Shutdown;
 use crate::stats::{CoreStats, DriverKind};
 use crate::transport::{close_code, CloseReason};
-use crate::transport::{NativeIo, PollIo};
+use crate::transport::{HandshakeGate, HandshakePermit, NativeIo, PollIo};
 
 /// Everything a core needs to start; built by `Gateway::start` on the main thread.
 pub(crate) struct CoreSpec {
@@ -62,6 +62,10 @@ pub struct Worker {
     pub ws_io: WsIo,
     /// How plain ws upgrades are parsed.
     pub ws_upgrade: WsUpgrade,
+    /// Data path of wss sessions.
+    pub wss_io: WssIo,
+    /// TLS handshakes in progress on this core, capped (`tls.max_handshakes_per_core`).
+    tls_gate: Rc<HandshakeGate>,
     /// The embedding program's publish hook.
     hook: Option<Arc<dyn crate::hooks::PublishHook>>,
     pub http: Rc<HttpCtx>,
@@ -256,6 +260,8 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         limits: config.limits.clone(),
         ws_io: config.ws_io,
         ws_upgrade: config.ws_upgrade,
+        wss_io: config.wss_io,
+        tls_gate: HandshakeGate::new(config.tls.max_handshakes_per_core),
         hook,
         http: Rc::new(http),
         table: TopicTable::new(idx, bus.clone(), stats.clone()),
@@ -307,8 +313,7 @@ async fn core_main(spec: CoreSpec, driver: DriverKind) {
         monoio::spawn(accept_loop(l, worker.clone(), None));
     }
     if let Some(l) = wss {
-        let acceptor = tls.map(TlsAcceptor::from);
-        monoio::spawn(accept_loop(l, worker.clone(), acceptor));
+        monoio::spawn(accept_loop(l, worker.clone(), tls));
     }
     if worker.limits.ping_interval_ms > 0 || worker.limits.idle_timeout_ms > 0 {
         monoio::spawn(heartbeats(worker.clone()));
@@ -348,14 +353,34 @@ async fn drain(worker: &Worker) {
     }
 }
 
-/// Once a second, summarise the core's latency histogram where scrapes can read it.
+/// Once a second, summarise the core's latency histogram where scrapes can read it (and trim memory
+/// after a mass disconnect).
 async fn latency_snapshots(worker: Rc<Worker>) {
+    let mut high = 0;
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(Duration::from_secs(1)) => worker.publish_latency_snapshot(),
+            _ = monoio::time::sleep(Duration::from_secs(1)) => {
+                worker.publish_latency_snapshot();
+                high = trim_after_closes(&worker, high);
+            }
             _ = worker.shutdown.wait() => return,
         }
     }
+}
+
+/// mimalloc keeps the pages sessions freed in this thread's heap (and their arenas committed) until
+/// the thread allocates enough to reuse or purge them; a core that goes quiet after a mass disconnect
+/// would keep its peak RSS. Once `limits.memory_trim_after_closes` connections have closed since the
+/// last high-water mark, collect this core's heap. Returns the new high-water mark.
+fn trim_after_closes(worker: &Worker, high: u64) -> u64 {
+    let open = worker.stats.connections.get();
+    let every = worker.limits.memory_trim_after_closes;
+    if every > 0 && high.saturating_sub(open) >= every {
+        // SAFETY: mi_collect only walks and releases this thread's own mimalloc heap.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+        return open;
+    }
+    high.max(open)
 }
 
 /// Per-core heartbeat task: one timer for all of the core's sessions instead of one per session.
@@ -383,8 +408,19 @@ async fn heartbeats(worker: Rc<Worker>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    listener: TcpListener,
+    worker: Rc<Worker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
+        if tls.is_some() {
+            // At most `tls.max_handshakes_per_core` handshakes at once; the rest wait in the backlog.
+            monoio::select! {
+                _ = worker.tls_gate.ready() => {},
+                _ = worker.shutdown.wait() => return,
+            }
+        }
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = worker.shutdown.wait() => return,
@@ -398,7 +434,9 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>, tls: Option<TlsA
                 }
                 let ticket = worker.admission.admit(peer.ip());
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(connection(stream, ticket, worker.clone(), tls.clone()));
+                let permit = tls.as_ref().map(|_| worker.tls_gate.enter());
+                let tls = tls.clone();
+                monoio::spawn(connection(stream, ticket, worker.clone(), tls, permit));
             }
             Err(e) => {
                 tracing::warn!(core = worker.idx, error = %e, "accept failed");
@@ -462,17 +500,75 @@ async fn direct_connection(
             let Ok(io) = stream.into_poll_io() else {
                 return;
             };
-            let left = deadline.saturating_sub(accepted.elapsed());
-            let serve = crate::http::serve(Rewind::new(read, io), worker.http.clone(), peer, false);
-            let Ok(up) = monoio::time::timeout(left, serve).await else {
-                worker.stats.handshake_timeouts.add(1);
+            let io = Rewind::new(read, io);
+            serve_rest(io, guard, peer, accepted, worker, false).await;
+        }
+    }
+}
+
+/// Serve the rest of a connection whose first request was not for a direct upgrade path with hyper
+/// (bytes already read replayed by `io`), within what is left of the handshake deadline.
+async fn serve_rest<S>(
+    io: S,
+    guard: ConnGuard,
+    peer: std::net::IpAddr,
+    accepted: Instant,
+    worker: Rc<Worker>,
+    tls: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let left = worker
+        .limits
+        .handshake_timeout()
+        .saturating_sub(accepted.elapsed());
+    let serve = crate::http::serve(io, worker.http.clone(), peer, tls);
+    let Ok(up) = monoio::time::timeout(left, serve).await else {
+        worker.stats.handshake_timeouts.add(1);
+        return;
+    };
+    if let Some(up) = up {
+        worker.record_handshake(accepted, tls);
+        let (io, rest) = (PollIo(up.io), up.read_buf);
+        spawn_session(io, rest, up.route, up.identity, peer, worker, guard);
+    }
+}
+
+/// A wss connection on the unbuffered TLS path (`wss_io = "unbuffered"`): TLS handshake and upgrade
+/// on the native socket, then a native TLS session; non-upgrade requests are served by hyper over
+/// the same unbuffered TLS connection.
+async fn tls_connection(
+    stream: TcpStream,
+    guard: ConnGuard,
+    peer: std::net::IpAddr,
+    accepted: Instant,
+    worker: Rc<Worker>,
+    config: Arc<rustls::ServerConfig>,
+) {
+    use crate::http::Rewind;
+    use crate::transport::{upgrade_tls, TlsStream, TlsUpgrade};
+    let deadline = worker.limits.handshake_timeout();
+    let head_deadline = deadline.min(worker.limits.header_read_timeout());
+    let first = upgrade_tls(stream, config, &worker.http, peer);
+    match monoio::time::timeout(head_deadline, first).await {
+        Err(_) => worker.stats.handshake_timeouts.add(1),
+        Ok(TlsUpgrade::Failed) => worker.stats.tls_handshake_failures.add(1),
+        Ok(TlsUpgrade::Done) => {}
+        Ok(TlsUpgrade::Upgraded {
+            io,
+            rest,
+            route,
+            identity,
+        }) => {
+            worker.record_handshake(accepted, true);
+            spawn_session(io, rest, route, identity, peer, worker, guard);
+        }
+        Ok(TlsUpgrade::Hyper { stream, tls, read }) => {
+            let Ok(io) = stream.into_poll_io() else {
                 return;
             };
-            if let Some(up) = up {
-                worker.record_handshake(accepted, false);
-                let (io, rest) = (PollIo(up.io), up.read_buf);
-                spawn_session(io, rest, up.route, up.identity, peer, worker, guard);
-            }
+            let io = Rewind::new(read, TlsStream::new(io, tls));
+            serve_rest(io, guard, peer, accepted, worker, true).await;
         }
     }
 }
@@ -504,11 +600,19 @@ async fn connection(
     stream: TcpStream,
     ticket: Ticket,
     worker: Rc<Worker>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    // Held until the handshake is over (dropped when this task ends; sessions run in their own).
+    _permit: Option<HandshakePermit>,
 ) {
     let peer = ticket.ip();
     let accepted = Instant::now();
     let guard = ConnGuard::new(&worker.stats, ticket);
+    if let Some(config) = &tls {
+        if worker.wss_io == WssIo::Unbuffered {
+            let config = config.clone();
+            return tls_connection(stream, guard, peer, accepted, worker, config).await;
+        }
+    }
     if tls.is_none() && worker.ws_upgrade == WsUpgrade::Direct && worker.ws_io == WsIo::Native {
         return direct_connection(stream, guard, peer, accepted, worker).await;
     }
@@ -549,7 +653,8 @@ async fn connection(
                 }
             }
         }
-        Some(acceptor) => {
+        Some(config) => {
+            let acceptor = TlsAcceptor::from(config);
             let stats = worker.stats.clone();
             let handshake = async move {
                 let tls = match acceptor.accept(io).await {

@@ -72,6 +72,17 @@ pub enum WsUpgrade {
     Direct,
 }
 
+/// Data path of wss:// sessions (see `Config::wss_io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WssIo {
+    /// rustls's unbuffered API on the native socket, per-core buffers (`transport::TlsIo`).
+    #[default]
+    Unbuffered,
+    /// tokio-rustls (a buffered `ServerConnection`) through the poll adapter, hyper for the upgrade.
+    Buffered,
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,6 +102,10 @@ pub struct Config {
     /// "direct" (upgrade requests parsed with httparse on the native socket, everything else still
     /// served by hyper; needs `ws_io = "native"`).
     pub ws_upgrade: WsUpgrade,
+    /// Data path of wss:// sessions: "unbuffered" (rustls's unbuffered API on the native socket,
+    /// TLS handshake and upgrade parsed there too; non-upgrade requests still served by hyper) or
+    /// "buffered" (tokio-rustls and hyper through the poll adapter).
+    pub wss_io: WssIo,
     pub listen: ListenConfig,
     pub tls: TlsConfig,
     pub routes: RoutesConfig,
@@ -268,13 +283,26 @@ pub struct ListenConfig {
 }
 
 /// Certificate and key for the wss listener; both absent means a self-signed certificate is generated.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain, leaf first.
     pub cert: Option<PathBuf>,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Option<PathBuf>,
+    /// TLS handshakes in progress at once per core; the accept loop waits for a free slot (excess
+    /// connections wait in the listen backlog, their handshake deadline running). 0 = no limit.
+    pub max_handshakes_per_core: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            max_handshakes_per_core: 256,
+        }
+    }
 }
 
 /// Request paths.
@@ -324,6 +352,10 @@ pub struct LimitsConfig {
     pub close_timeout_ms: u64,
     /// On shutdown, how long sessions get to close before the gateway stops anyway.
     pub shutdown_grace_ms: u64,
+    /// After this many connections closed on a core (net, since its last trim), the core asks the
+    /// allocator to return freed memory to the OS (mimalloc `mi_collect`, checked once a second), so
+    /// RSS comes back after a mass disconnect. 0 = never.
+    pub memory_trim_after_closes: u64,
 }
 
 impl Default for Config {
@@ -335,6 +367,7 @@ impl Default for Config {
             uring_defer_taskrun: true,
             ws_io: WsIo::Native,
             ws_upgrade: WsUpgrade::Direct,
+            wss_io: WssIo::Unbuffered,
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
             routes: RoutesConfig::default(),
@@ -386,6 +419,7 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             close_timeout_ms: 3_000,
             shutdown_grace_ms: 5_000,
+            memory_trim_after_closes: 1_000,
         }
     }
 }

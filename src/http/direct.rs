@@ -101,13 +101,65 @@ fn serialize<B>(resp: &Response<B>, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where the request head in `buf` ends (just past its blank line), once it is complete.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|end| end + 4)
+}
+
+/// Answer the complete request head `buf[..head_len]` if it is a WebSocket upgrade on a WebSocket
+/// path, with the same routing and admission checks as hyper's path: the response bytes, and the
+/// admitted session when it is a 101. `None`: not for this path, hand the bytes to hyper. A proxy
+/// route connects its upstream before the 101 is written (`tls`: the client came over wss).
+pub(crate) async fn answer(
+    ctx: &HttpCtx,
+    peer: IpAddr,
+    buf: &[u8],
+    head_len: usize,
+    tls: bool,
+) -> Option<(Vec<u8>, Option<Accepted>)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let is_ws_path = |p: &str| {
+        let path = p.split('?').next().unwrap_or(p);
+        path == ctx.routes.pubsub || path == ctx.routes.echo || ctx.proxy.matches(path)
+    };
+    let upgrade = match parsed.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {
+            parsed.path.is_some_and(is_ws_path)
+                && parsed.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && std::str::from_utf8(h.value)
+                            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+                })
+        }
+        _ => false,
+    };
+    if !upgrade {
+        return None;
+    }
+    let mut req = Request::builder()
+        .method(parsed.method.unwrap_or("GET"))
+        .uri(parsed.path.unwrap_or("/"));
+    for h in parsed.headers.iter() {
+        req = req.header(h.name, h.value);
+    }
+    let req = req.body(()).ok()?;
+    let slot: RefCell<Option<Accepted>> = RefCell::new(None);
+    let resp = respond(ctx, req, peer, &slot, Instant::now());
+    let resp = crate::proxy::answer(ctx, resp, &slot, peer, tls).await;
+    let body = body_bytes(resp.body());
+    Some((serialize(&resp, &body), slot.into_inner()))
+}
+
 /// Read and handle the first request of a plain connection.
 pub async fn upgrade_direct(stream: TcpStream, ctx: &HttpCtx, peer: IpAddr) -> Direct {
     let fd = stream.as_raw_fd();
     let mut buf: Vec<u8> = Vec::new();
     let head_len = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
+        if let Some(end) = head_end(&buf) {
+            break end;
         }
         if buf.len() >= MAX_HEAD {
             return Direct::Hyper {
@@ -134,49 +186,16 @@ pub async fn upgrade_direct(stream: TcpStream, ctx: &HttpCtx, peer: IpAddr) -> D
             Err(_) => return Direct::Done,
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let is_ws_path = |p: &str| {
-        let path = p.split('?').next().unwrap_or(p);
-        path == ctx.routes.pubsub || path == ctx.routes.echo || ctx.proxy.matches(path)
-    };
-    let upgrade = match parsed.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => {
-            parsed.path.is_some_and(is_ws_path)
-                && parsed.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("upgrade")
-                        && std::str::from_utf8(h.value)
-                            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-                })
-        }
-        _ => false,
-    };
-    if !upgrade {
-        return Direct::Hyper {
-            stream,
-            read: buf.into(),
-        };
-    }
-    let mut req = Request::builder()
-        .method(parsed.method.unwrap_or("GET"))
-        .uri(parsed.path.unwrap_or("/"));
-    for h in parsed.headers.iter() {
-        req = req.header(h.name, h.value);
-    }
-    let Ok(req) = req.body(()) else {
+    let Some((response, accepted)) = answer(ctx, peer, &buf, head_len, false).await else {
         return Direct::Hyper {
             stream,
             read: buf.into(),
         };
     };
-    let slot: RefCell<Option<Accepted>> = RefCell::new(None);
-    let resp = respond(ctx, req, peer, &slot, Instant::now());
-    let resp = crate::proxy::answer(ctx, resp, &slot, peer, false).await;
-    let body = body_bytes(resp.body());
-    if write_all(&stream, &serialize(&resp, &body)).await.is_err() {
+    if write_all(&stream, &response).await.is_err() {
         return Direct::Done;
     }
-    match slot.into_inner() {
+    match accepted {
         Some(accepted) => Direct::Upgraded {
             stream,
             rest: Bytes::copy_from_slice(&buf[head_len..]),

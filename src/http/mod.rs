@@ -31,7 +31,8 @@ use crate::admission::{Admission, Refusal};
 use crate::auth::{find_token, AuthError, Identity, Verifier};
 use crate::config::{Config, RouteName, RoutesConfig};
 use crate::stats::CoreStats;
-pub use direct::{upgrade_direct, Direct, Rewind};
+pub(crate) use direct::answer;
+pub use direct::{head_end, upgrade_direct, Direct, Rewind};
 pub use timer::MonoioTimer;
 
 /// What the HTTP layer needs to route and admit requests (one per core, shared by its connections).

@@ -10,6 +10,7 @@ mod conn;
 mod frames;
 mod native;
 mod outbox;
+mod tls_native;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, encode_masked_frame, CloseReason};
 pub(crate) use conn::with_scratch;
@@ -18,6 +19,8 @@ pub use conn::{run, ConnLimits};
 pub use frames::{End, Frames, Handler, Message};
 pub use native::run as run_native;
 pub use outbox::{Outbox, Overflow};
+pub use tls_native::upgrade as upgrade_tls;
+pub use tls_native::{HandshakeGate, HandshakePermit, TlsConn, TlsIo, TlsStream, TlsUpgrade};
 
 /// How a session's bytes move. Each data path is its own type, so a spawned session task contains
 /// the state of its own path only (a native ws session does not carry the TLS path's future).
@@ -33,7 +36,7 @@ pub trait SessionIo {
 /// Through the tokio-trait adapters (TLS, or plain ws with `ws_io = "poll"`).
 pub struct PollIo<S>(pub S);
 
-/// Natively on the monoio socket (plain ws).
+/// Natively on the monoio socket (plain ws). For wss on the native socket see [`TlsIo`].
 pub struct NativeIo(pub monoio::net::TcpStream);
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> SessionIo for PollIo<S> {

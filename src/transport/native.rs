@@ -23,11 +23,51 @@ use super::conn::{with_scratch, ConnLimits, MAX_IOVECS, READ_BUDGET};
 use super::frames::{End, Frames, Handler};
 use super::outbox::Outbox;
 
-/// Write as much of the outbox as the socket takes now. `Ok(true)` = everything was written.
-fn flush<H: Handler>(fd: RawFd, h: &H) -> io::Result<bool> {
-    flush_outbox(fd, h.outbox(), &|n, frames, sample| {
-        h.on_written(n, frames, sample)
-    })
+/// What differs between the native data paths (plain ws here, TLS in `tls_native`): how bytes read
+/// from the socket become frames, and how queued frames become bytes on the socket. The session
+/// loop, the read budget and the close handshake are shared.
+pub(super) trait Wire {
+    /// The socket's descriptor.
+    fn fd(&self) -> RawFd;
+    /// Bytes just read from the socket (in the per-core scratch buffer).
+    fn on_bytes<H: Handler>(
+        &mut self,
+        data: &mut [u8],
+        frames: &mut Frames,
+        h: &mut H,
+    ) -> Result<(), End>;
+    /// Write queued frames as far as the socket takes them now. `Ok(true)` = everything is written.
+    fn flush(
+        &mut self,
+        outbox: &Outbox,
+        report: &dyn Fn(usize, usize, Option<u64>),
+    ) -> io::Result<bool>;
+    /// The connection is about to be half-closed (TLS queues its close_notify here).
+    fn finish(&mut self) {}
+}
+
+/// Plain ws: bytes are frames.
+pub(super) struct Plain(RawFd);
+
+impl Wire for Plain {
+    fn fd(&self) -> RawFd {
+        self.0
+    }
+    fn on_bytes<H: Handler>(
+        &mut self,
+        data: &mut [u8],
+        frames: &mut Frames,
+        h: &mut H,
+    ) -> Result<(), End> {
+        frames.feed(data, h)
+    }
+    fn flush(
+        &mut self,
+        outbox: &Outbox,
+        report: &dyn Fn(usize, usize, Option<u64>),
+    ) -> io::Result<bool> {
+        flush_outbox(self.0, outbox, report)
+    }
 }
 
 fn flush_outbox(
@@ -59,7 +99,7 @@ fn flush_outbox(
     Ok(true)
 }
 
-fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(super) fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: `msg` points at `slices`, which outlives the call; IoSlice is ABI-compatible with iovec.
     let n = unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
@@ -74,7 +114,7 @@ fn sendmsg(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -84,16 +124,17 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Read what the socket has (up to the read budget) and feed it to the frame parser.
+/// Read what the socket has (up to the read budget) and feed it to the wire.
 /// `Ok(true)` = the socket may have more (budget exhausted); `Ok(false)` = would block.
-fn read_some<H: Handler>(fd: RawFd, frames: &mut Frames, h: &mut H) -> Result<bool, End> {
+fn read_some<W: Wire, H: Handler>(w: &mut W, frames: &mut Frames, h: &mut H) -> Result<bool, End> {
+    let fd = w.fd();
     for _ in 0..READ_BUDGET {
         let r = with_scratch(|scratch| match recv(fd, scratch) {
             Ok(0) => Err(End::Eof),
             Ok(n) => {
                 h.outbox().touch();
                 h.on_read(n);
-                frames.feed(&mut scratch[..n], h).map(|()| true)
+                w.on_bytes(&mut scratch[..n], frames, h).map(|()| true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
@@ -110,18 +151,29 @@ fn read_some<H: Handler>(fd: RawFd, frames: &mut Frames, h: &mut H) -> Result<bo
 }
 
 /// Run a plain ws session on the native path until it ends, then perform the close handshake.
-///
-/// Written as `fn -> impl Future` with one `async move` block: an `async fn` would keep its arguments
-/// twice in the future, and every byte here is paid by every idle session.
-#[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
 pub fn run<'a, H: Handler>(
     stream: TcpStream,
     prefix: Bytes,
     h: &'a mut H,
     limits: ConnLimits,
 ) -> impl Future<Output = End> + 'a {
+    let fd = stream.as_raw_fd();
+    run_wire(stream, Plain(fd), prefix, h, limits)
+}
+
+/// Run a session on a native wire until it ends, then perform the close handshake.
+///
+/// Written as `fn -> impl Future` with one `async move` block: an `async fn` would keep its arguments
+/// twice in the future, and every byte here is paid by every idle session.
+#[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
+pub(super) fn run_wire<'a, W: Wire + 'a, H: Handler>(
+    stream: TcpStream,
+    mut wire: W,
+    prefix: Bytes,
+    h: &'a mut H,
+    limits: ConnLimits,
+) -> impl Future<Output = End> + 'a {
     async move {
-        let fd = stream.as_raw_fd();
         let mut frames = Frames::new(limits.max_message);
         let first = {
             let mut prefix = prefix.to_vec();
@@ -129,7 +181,7 @@ pub fn run<'a, H: Handler>(
         };
         let end = match first {
             Err(end) => end,
-            Ok(()) => open(&stream, fd, &mut frames, h).await,
+            Ok(()) => open(&stream, &mut wire, &mut frames, h).await,
         };
         let close_frame = match &end {
             End::PeerClosed(code) => Some(encode_close(*code, "")),
@@ -138,15 +190,26 @@ pub fn run<'a, H: Handler>(
         };
         if let Some(frame) = close_frame {
             // Boxed: the close handshake happens once, its state need not live in every session.
-            let closing = close(&stream, fd, h.outbox(), frame);
+            let closing = close(&stream, &mut wire, h.outbox(), frame);
             let _ = Box::pin(monoio::time::timeout(limits.close_timeout, closing)).await;
+        } else if matches!(end, End::Eof) {
+            // The peer is gone or half-closed: answer its close (TLS close_notify) if the socket
+            // takes it now, without waiting.
+            if wire.flush(h.outbox(), &|_, _, _| {}).is_ok() {
+                wire.finish();
+            }
         }
         h.outbox().detach();
         end
     }
 }
 
-async fn open<H: Handler>(stream: &TcpStream, fd: RawFd, frames: &mut Frames, h: &mut H) -> End {
+async fn open<W: Wire, H: Handler>(
+    stream: &TcpStream,
+    wire: &mut W,
+    frames: &mut Frames,
+    h: &mut H,
+) -> End {
     let mut readable = pin!(stream.readable(false).fuse());
     // Boxed and created only when the socket refuses a write: most sessions never need it.
     let mut writable = None;
@@ -154,7 +217,7 @@ async fn open<H: Handler>(stream: &TcpStream, fd: RawFd, frames: &mut Frames, h:
     let mut maybe_more = true;
     loop {
         if !write_blocked {
-            match flush(fd, h) {
+            match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
                 Ok(done) => write_blocked = !done,
                 Err(e) => return End::Io(e),
             }
@@ -170,7 +233,7 @@ async fn open<H: Handler>(stream: &TcpStream, fd: RawFd, frames: &mut Frames, h:
             continue;
         }
         if can_read && maybe_more {
-            match read_some(fd, frames, h) {
+            match read_some(wire, frames, h) {
                 Ok(more) => maybe_more = more,
                 Err(end) => return end,
             }
@@ -229,21 +292,34 @@ async fn yield_now() {
     .await
 }
 
-/// Close handshake: flush, send our close frame, half-close, then read (and drop) until the peer is
-/// gone. Bounded by the caller's timeout.
-async fn close(stream: &TcpStream, fd: RawFd, outbox: &Outbox, frame: Bytes) {
-    outbox.force_reply(frame);
+/// Write everything the wire has queued, waiting for writability as needed. `false` = the socket
+/// failed.
+async fn flush_all<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox) -> bool {
     loop {
-        match flush_outbox(fd, outbox, &|_, _, _| {}) {
-            Ok(true) => break,
+        match wire.flush(outbox, &|_, _, _| {}) {
+            Ok(true) => return true,
             Ok(false) => {
                 if stream.writable(false).await.is_err() {
-                    return;
+                    return false;
                 }
             }
-            Err(_) => return,
+            Err(_) => return false,
         }
     }
+}
+
+/// Close handshake: flush, send our close frame (and, on TLS, close_notify), half-close, then read
+/// (and drop) until the peer is gone. Bounded by the caller's timeout.
+async fn close<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox, frame: Bytes) {
+    outbox.force_reply(frame);
+    if !flush_all(stream, wire, outbox).await {
+        return;
+    }
+    wire.finish();
+    if !flush_all(stream, wire, outbox).await {
+        return;
+    }
+    let fd = wire.fd();
     // SAFETY: shutdown(2) on our own open socket.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     let mut sink = [0u8; 1024];
@@ -263,11 +339,11 @@ async fn close(stream: &TcpStream, fd: RawFd, outbox: &Outbox, frame: Bytes) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::transport::{CloseReason, Message};
 
-    struct Sink(Outbox);
+    pub(crate) struct Sink(Outbox);
 
     impl Handler for Sink {
         fn on_message(&mut self, _msg: Message<'_>) -> Result<(), CloseReason> {
@@ -278,13 +354,10 @@ mod tests {
         }
     }
 
-    /// The per-session future is part of every idle session's memory: keep it small. (The prototype
-    /// in shared/research reached 256 bytes; this loop also carries the writability wait, the read
-    /// budget and the close handshake.)
-    const SESSION_FUTURE_BUDGET: usize = 640;
-
-    #[test]
-    fn session_future_stays_within_budget() {
+    /// The size of the session future `make` builds over a connected socket.
+    pub(crate) fn session_future_size(
+        make: impl FnOnce(TcpStream, &mut Sink, ConnLimits) -> usize,
+    ) -> usize {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
@@ -300,13 +373,24 @@ mod tests {
                 max_message: 1024,
                 close_timeout: std::time::Duration::from_millis(10),
             };
-            let fut = run(client, Bytes::new(), &mut h, limits);
-            let size = std::mem::size_of_val(&fut);
-            println!("native session future: {size} bytes");
-            assert!(
-                size <= SESSION_FUTURE_BUDGET,
-                "session future is {size} bytes"
-            );
+            make(client, &mut h, limits)
+        })
+    }
+
+    /// The per-session future is part of every idle session's memory: keep it small. (The prototype
+    /// in shared/research reached 256 bytes; this loop also carries the writability wait, the read
+    /// budget and the close handshake.)
+    const SESSION_FUTURE_BUDGET: usize = 640;
+
+    #[test]
+    fn session_future_stays_within_budget() {
+        let size = session_future_size(|client, h, limits| {
+            std::mem::size_of_val(&run(client, Bytes::new(), h, limits))
         });
+        println!("native session future: {size} bytes");
+        assert!(
+            size <= SESSION_FUTURE_BUDGET,
+            "session future is {size} bytes"
+        );
     }
 }

@@ -54,8 +54,9 @@ pub async fn connect(url: &str) -> Ws {
     ws
 }
 
-/// Connect over wss://, trusting the gateway's generated certificate.
-pub async fn connect_tls(gw: &Gateway, path: &str) -> Ws {
+/// A TLS client configuration trusting the gateway's generated certificate.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn client_tls_config(gw: &Gateway) -> Arc<rustls::ClientConfig> {
     let pem = gw.self_signed_cert_pem().expect("self-signed cert");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(pem) {
@@ -67,12 +68,18 @@ pub async fn connect_tls(gw: &Gateway, path: &str) -> Ws {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+/// Connect over wss://, trusting the gateway's generated certificate.
+pub async fn connect_tls(gw: &Gateway, path: &str) -> Ws {
+    let cfg = client_tls_config(gw);
     let url = format!(
         "wss://localhost:{}{}",
         gw.wss_addr().expect("wss").port(),
         path
     );
-    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(cfg));
+    let connector = tokio_tungstenite::Connector::Rustls(cfg);
     let (ws, _) = tokio::time::timeout(
         PATIENCE,
         tokio_tungstenite::connect_async_tls_with_config(url, None, true, Some(connector)),
