@@ -59,8 +59,8 @@ struct Fragments {
 pub struct Frames {
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pending: Vec<u8>,
-    /// A fragmented message being reassembled.
-    frag: Option<Fragments>,
+    /// A fragmented message being reassembled (boxed: rare, and this struct lives in every session).
+    frag: Option<Box<Fragments>>,
     /// `pending` may hold whole frames left unparsed because the handler paused input.
     stalled: bool,
     /// Largest message accepted (after reassembly).
@@ -151,11 +151,11 @@ impl Frames {
                 if opcode == OpCode::Text {
                     utf8.advance(payload, false).map_err(closed)?;
                 }
-                self.frag = Some(Fragments {
+                self.frag = Some(Box::new(Fragments {
                     opcode,
                     buf: payload.to_vec(),
                     utf8,
-                });
+                }));
             }
             OpCode::Continuation => {
                 let Some(frag) = self.frag.as_mut() else {
