@@ -131,9 +131,9 @@ mod tests {
 
     /// The most a plain ws pub/sub or echo session's task future may take: every idle session keeps
     /// it for its whole life (see docs/benchmarks.md, "Idle plain ws: where the bytes go").
-    const WS_TASK_BUDGET: usize = 560;
+    const WS_TASK_BUDGET: usize = 480;
     /// The same on wss: the TLS state is boxed, so only the pointer and two buffers are added.
-    const WSS_TASK_BUDGET: usize = 640;
+    const WSS_TASK_BUDGET: usize = 544;
 
     /// The task future a session of `route` gets, over `io` made from a connected socket.
     fn task_size<D: SessionIo + 'static>(

@@ -77,6 +77,16 @@ impl Frames {
         }
     }
 
+    /// A parser that starts with `unparsed` (bytes the client sent right after its upgrade request)
+    /// waiting as if input had been paused: the transport's loop parses them before it reads.
+    pub fn with_unparsed(max_message: usize, unparsed: &[u8]) -> Self {
+        Self {
+            pending: unparsed.to_vec(),
+            stalled: !unparsed.is_empty(),
+            ..Self::new(max_message)
+        }
+    }
+
     /// Whether whole frames wait in `pending` for the handler to want input again.
     pub fn stalled(&self) -> bool {
         self.stalled

@@ -13,6 +13,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -162,10 +163,12 @@ pub fn run<H: Handler>(
 
 /// Run a session on a native wire until it ends, then perform the close handshake.
 ///
-/// Written as `fn -> impl Future` with one `async move` block: an `async fn` would keep its arguments
-/// twice in the future, and every byte here is paid by every idle session. For the same reason the
-/// bytes that came with the upgrade are parsed before the future is built (it keeps neither them
-/// nor the limits, only the close timeout).
+/// Written as `fn -> impl Future` with one flat `async move` block: an `async fn` (or a nested one
+/// taking references) would keep its arguments twice in the future, and every byte here is paid by
+/// every idle session. For the same reason the future keeps neither the bytes that came with the
+/// upgrade (they wait in the parser) nor the limits (only the close timeout, in milliseconds), and
+/// what the loop remembers between wake-ups is one struct, so the wait's closure holds one pointer.
+#[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
 pub(super) fn run_wire<W: Wire, H: Handler>(
     stream: TcpStream,
     mut wire: W,
@@ -173,13 +176,82 @@ pub(super) fn run_wire<W: Wire, H: Handler>(
     mut h: H,
     limits: ConnLimits,
 ) -> impl Future<Output = (End, H)> {
-    let mut frames = Frames::new(limits.max_message);
-    let first = frames.process(&mut prefix.to_vec(), &mut h).err();
-    let close_timeout = limits.close_timeout;
+    let mut frames = Frames::with_unparsed(limits.max_message, &prefix);
+    let close_ms = u32::try_from(limits.close_timeout.as_millis()).unwrap_or(u32::MAX);
     async move {
-        let end = match first {
-            Some(end) => end,
-            None => open(&stream, &mut wire, &mut frames, &mut h).await,
+        let end = 'open: {
+            // Replaced as soon as it completes, so never polled after that (no `Fuse`).
+            let mut readable = pin!(stream.readable(false));
+            let mut st = Waits {
+                writable: None,
+                write_blocked: false,
+                maybe_more: true,
+            };
+            loop {
+                if !st.write_blocked {
+                    match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
+                        Ok(done) => st.write_blocked = !done,
+                        Err(e) => break 'open End::Io(e),
+                    }
+                }
+                if let Some(reason) = h.outbox().close_requested() {
+                    break 'open End::Closed(reason);
+                }
+                let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
+                if can_read && frames.stalled() {
+                    if let Err(end) = frames.resume(&mut h) {
+                        break 'open end;
+                    }
+                    continue;
+                }
+                if can_read && st.maybe_more {
+                    match read_some(&mut wire, &mut frames, &mut h) {
+                        Ok(more) => st.maybe_more = more,
+                        Err(end) => break 'open end,
+                    }
+                    if st.maybe_more {
+                        // Budget used up: let the core's other tasks run, then continue.
+                        yield_now().await;
+                    }
+                    continue;
+                }
+                // Nothing to do until the socket or the outbox changes.
+                let (stream, h, st, readable) = (&stream, &h, &mut st, &mut readable);
+                let wake = poll_fn(move |cx| {
+                    let outbox = h.outbox();
+                    outbox.register(cx.waker());
+                    if (!st.write_blocked && !outbox.is_empty())
+                        || outbox.close_requested().is_some()
+                    {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if can_read {
+                        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                            readable.set(stream.readable(false));
+                            st.maybe_more = true;
+                            return Poll::Ready(r);
+                        }
+                    } else if h.wants_input() && outbox.queued_bytes() < outbox.limit() {
+                        // Input was paused and is wanted again.
+                        return Poll::Ready(Ok(()));
+                    }
+                    if st.write_blocked {
+                        let w = st
+                            .writable
+                            .get_or_insert_with(|| Box::pin(stream.writable(false)));
+                        if let Poll::Ready(r) = w.as_mut().poll(cx) {
+                            st.writable = None;
+                            st.write_blocked = false;
+                            return Poll::Ready(r);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                if let Err(e) = wake {
+                    break 'open End::Io(e);
+                }
+            }
         };
         let close_frame = match &end {
             End::PeerClosed(code) => Some(encode_close(*code, "")),
@@ -189,7 +261,8 @@ pub(super) fn run_wire<W: Wire, H: Handler>(
         if let Some(frame) = close_frame {
             // Boxed: the close handshake happens once, its state need not live in every session.
             let closing = close(&stream, &mut wire, h.outbox(), frame);
-            let _ = Box::pin(monoio::time::timeout(close_timeout, closing)).await;
+            let timeout = Duration::from_millis(u64::from(close_ms));
+            let _ = Box::pin(monoio::time::timeout(timeout, closing)).await;
         } else if matches!(end, End::Eof) {
             // The peer is gone or half-closed: answer its close (TLS close_notify) if the socket
             // takes it now, without waiting.
@@ -202,97 +275,13 @@ pub(super) fn run_wire<W: Wire, H: Handler>(
     }
 }
 
-/// What the open loop keeps between wake-ups besides the readability wait (one struct, so the wait's
-/// closure holds one pointer to it).
+/// What the open loop remembers between wake-ups besides the readability wait.
 struct Waits<F> {
     /// Boxed and created only when the socket refuses a write: most sessions never need it.
     writable: Option<Pin<Box<F>>>,
     write_blocked: bool,
     /// The socket may have more to read without waiting.
     maybe_more: bool,
-}
-
-/// The open phase: read, hand messages on, write, wait. A plain `fn` returning one `async move`
-/// block, like `run_wire`.
-#[allow(clippy::manual_async_fn)] // deliberate: see `run_wire`
-fn open<'a, W: Wire, H: Handler>(
-    stream: &'a TcpStream,
-    wire: &'a mut W,
-    frames: &'a mut Frames,
-    h: &'a mut H,
-) -> impl Future<Output = End> + 'a {
-    async move {
-        // Replaced as soon as it completes, so it is never polled again after that (no `Fuse`).
-        let mut readable = pin!(stream.readable(false));
-        let mut st = Waits {
-            writable: None,
-            write_blocked: false,
-            maybe_more: true,
-        };
-        loop {
-            if !st.write_blocked {
-                match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
-                    Ok(done) => st.write_blocked = !done,
-                    Err(e) => return End::Io(e),
-                }
-            }
-            if let Some(reason) = h.outbox().close_requested() {
-                return End::Closed(reason);
-            }
-            let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
-            if can_read && frames.stalled() {
-                if let Err(end) = frames.resume(h) {
-                    return end;
-                }
-                continue;
-            }
-            if can_read && st.maybe_more {
-                match read_some(wire, frames, h) {
-                    Ok(more) => st.maybe_more = more,
-                    Err(end) => return end,
-                }
-                if st.maybe_more {
-                    // Budget used up: let the core's other tasks run, then continue.
-                    yield_now().await;
-                }
-                continue;
-            }
-            // Nothing to do until the socket or the outbox changes.
-            let (h, st, readable) = (&*h, &mut st, &mut readable);
-            let wake = poll_fn(move |cx| {
-                let outbox = h.outbox();
-                outbox.register(cx.waker());
-                if (!st.write_blocked && !outbox.is_empty()) || outbox.close_requested().is_some() {
-                    return Poll::Ready(Ok(()));
-                }
-                if can_read {
-                    if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                        readable.set(stream.readable(false));
-                        st.maybe_more = true;
-                        return Poll::Ready(r);
-                    }
-                } else if h.wants_input() && outbox.queued_bytes() < outbox.limit() {
-                    // Input was paused and is wanted again.
-                    return Poll::Ready(Ok(()));
-                }
-                if st.write_blocked {
-                    let w = st
-                        .writable
-                        .get_or_insert_with(|| Box::pin(stream.writable(false)));
-                    if let Poll::Ready(r) = w.as_mut().poll(cx) {
-                        st.writable = None;
-                        st.write_blocked = false;
-                        return Poll::Ready(r);
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            if let Err(e) = wake {
-                return End::Io(e);
-            }
-        }
-    }
 }
 
 /// Give the core's other tasks a turn.
@@ -399,7 +388,7 @@ pub(crate) mod tests {
     /// The per-session future is part of every idle session's memory: keep it small. (The prototype
     /// in shared/research reached 256 bytes; this loop also carries the writability wait, the read
     /// budget and the close handshake.)
-    const SESSION_FUTURE_BUDGET: usize = 480;
+    const SESSION_FUTURE_BUDGET: usize = 384;
 
     #[test]
     fn session_future_stays_within_budget() {

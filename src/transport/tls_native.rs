@@ -767,7 +767,7 @@ mod tests {
     /// The session future (TLS state included, as it lives inline in the task) is part of every
     /// idle wss session's memory: keep it small. The TLS state (about 1.1 KiB) is boxed, so this is
     /// close to the plain native session's budget.
-    const TLS_SESSION_FUTURE_BUDGET: usize = 560;
+    const TLS_SESSION_FUTURE_BUDGET: usize = 448;
 
     #[test]
     fn tls_session_future_stays_within_budget() {
