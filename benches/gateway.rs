@@ -1,7 +1,6 @@
 //! Micro-benchmarks of the publish path, piece by piece (criterion). What each one means is written
 //! down in docs/benchmarks.md; run with `cargo bench --bench gateway`.
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,16 +11,9 @@ use serde_json::value::RawValue;
 use wsgate::bus::{Bus, BusMsg};
 use wsgate::pubsub::{protocol, Subscriber, TopicTable};
 use wsgate::stats::CoreStats;
-use wsgate::transport::Outbox;
 
 fn subscriber(id: u64) -> Rc<Subscriber> {
-    Rc::new(Subscriber {
-        id,
-        outbox: Outbox::new(usize::MAX / 2),
-        barrier: Cell::new(0),
-        deferred_ack: RefCell::new(None),
-        user: None,
-    })
+    Rc::new(Subscriber::new(id, usize::MAX / 2, None))
 }
 
 fn payload(len: usize) -> String {

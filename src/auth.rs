@@ -88,10 +88,13 @@ pub struct Identity {
 
 impl Identity {
     pub fn may_use(&self, topic: &str) -> bool {
-        self.topics
-            .as_ref()
-            .is_none_or(|ps| ps.iter().any(|p| p.matches(topic)))
+        allows(self.topics.as_deref(), topic)
     }
+}
+
+/// Whether a `topics` claim (`None`: no claim) allows `topic`.
+pub fn allows(patterns: Option<&[TopicPattern]>, topic: &str) -> bool {
+    patterns.is_none_or(|ps| ps.iter().any(|p| p.matches(topic)))
 }
 
 #[derive(Deserialize)]

@@ -160,8 +160,7 @@ pub(crate) async fn run<D: SessionIo>(
     let Some(conn) = proxied.take() else {
         me.outbox
             .close(CloseReason::new(BAD_GATEWAY, "upstream unavailable"));
-        let mut h = Unavailable(me);
-        return io.drive(read_buf, &mut h, limits).await;
+        return io.drive(read_buf, Unavailable(me), limits).await.0;
     };
     let stats = worker.stats.clone();
     stats.proxy_sessions.add(1);
@@ -174,12 +173,12 @@ pub(crate) async fn run<D: SessionIo>(
         mask: Cell::new(seed()),
         stats: stats.clone(),
     });
-    let mut h = Relay {
+    let h = Relay {
         sh: sh.clone(),
         worker,
     };
     let client = async {
-        let end = io.drive(read_buf, &mut h, limits).await;
+        let (end, _) = io.drive(read_buf, h, limits).await;
         let code = match &end {
             End::PeerClosed(code) => *code,
             End::Closed(reason) => reason.code,

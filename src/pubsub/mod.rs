@@ -24,6 +24,7 @@ use crate::stats::CoreStats;
 use crate::transport::Outbox;
 
 /// What the topic table holds for a session: where to deliver, and its pending-confirmation state.
+/// One per session, kept while it is open (idle ones included): rarely used state is boxed.
 pub struct Subscriber {
     /// Unique on this core.
     pub id: u64,
@@ -31,19 +32,38 @@ pub struct Subscriber {
     /// Subscriptions still waiting for other cores to confirm interest; the session reads no further
     /// requests while this is non-zero.
     pub barrier: Cell<u32>,
+    /// Where the core's session registry (`Worker`) keeps this session.
+    pub(crate) slot: Cell<u32>,
     /// The `ack` frame to send once `barrier` drops to zero.
-    pub deferred_ack: RefCell<Option<Bytes>>,
+    deferred_ack: Cell<Option<Box<Bytes>>>,
     /// The authenticated user (JWT `sub`), the address of direct messages.
     pub user: Option<Arc<str>>,
 }
 
 impl Subscriber {
+    /// A session's entry, with an outbox bounded to `max_outbound_bytes`.
+    pub fn new(id: u64, max_outbound_bytes: usize, user: Option<Arc<str>>) -> Self {
+        Self {
+            id,
+            outbox: Outbox::new(max_outbound_bytes),
+            barrier: Cell::new(0),
+            slot: Cell::new(0),
+            deferred_ack: Cell::new(None),
+            user,
+        }
+    }
+
+    /// Send `ack` once the pending subscriptions are confirmed (see `barrier`).
+    pub fn defer_ack(&self, ack: Bytes) {
+        self.deferred_ack.set(Some(Box::new(ack)));
+    }
+
     fn release_one(&self) {
         let left = self.barrier.get().saturating_sub(1);
         self.barrier.set(left);
         if left == 0 {
-            if let Some(ack) = self.deferred_ack.borrow_mut().take() {
-                self.outbox.reply(ack);
+            if let Some(ack) = self.deferred_ack.take() {
+                self.outbox.reply(*ack);
             }
             self.outbox.wake();
         }

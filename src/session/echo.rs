@@ -42,3 +42,13 @@ impl Handler for Echo {
         self.worker.on_written(bytes, frames, sample);
     }
 }
+
+impl super::Session for Echo {
+    fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    fn me(&self) -> &Subscriber {
+        &self.me
+    }
+}

@@ -3,13 +3,12 @@
 //! the session stays open; the topic permissions of the session's token and its rate limit are
 //! enforced here.
 
-use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use ahash::RandomState;
 use serde_json::value::RawValue;
 
-use crate::auth::Identity;
+use crate::auth::{Identity, TopicPattern};
 use crate::hooks::PublishSource;
 use crate::pubsub::protocol::{self, code, Request};
 use crate::pubsub::{Subscribed, Subscriber};
@@ -56,13 +55,18 @@ impl RateLimit {
     }
 }
 
+/// Lives in every pub/sub session's task, idle ones included, so it is kept small: the user is the
+/// subscriber's, the token's topic patterns are shared, the rate limit is boxed, and the topics are a
+/// sorted list.
 pub struct PubSub {
     worker: Rc<Worker>,
     me: Rc<Subscriber>,
-    identity: Option<Identity>,
-    rate: Option<RateLimit>,
-    /// Topics this session is subscribed to (to enforce the limit and to leave them at the end).
-    topics: HashSet<Box<str>, RandomState>,
+    /// The token's `topics` claim; `None`: every topic (or no token).
+    allowed: Option<Arc<[TopicPattern]>>,
+    rate: Option<Box<RateLimit>>,
+    /// Topics this session is subscribed to (to enforce the limit and to leave them at the end),
+    /// sorted.
+    topics: Vec<Box<str>>,
 }
 
 impl PubSub {
@@ -74,26 +78,18 @@ impl PubSub {
     ) -> Self {
         worker.table.add_user_session(&me);
         let l = &worker.limits;
-        let rate = RateLimit::new(l.rate_limit_per_sec, l.rate_limit_burst);
+        let rate = RateLimit::new(l.rate_limit_per_sec, l.rate_limit_burst).map(Box::new);
         let mut s = Self {
             worker,
             me,
-            identity,
+            allowed: identity.and_then(|i| i.topics),
             rate,
-            topics: HashSet::default(),
+            topics: Vec::new(),
         };
         for t in initial {
             s.subscribe(t, None);
         }
         s
-    }
-
-    /// Leave every topic and the user table.
-    pub fn leave(&mut self) {
-        for t in self.topics.drain() {
-            self.worker.table.unsubscribe(self.me.id, &t);
-        }
-        self.worker.table.remove_user_session(&self.me);
     }
 
     fn error(&self, id: Option<&RawValue>, code: &str, message: &str) {
@@ -114,7 +110,7 @@ impl PubSub {
             self.error(id, code::INVALID_TOPIC, why);
             return false;
         }
-        if self.identity.as_ref().is_some_and(|i| !i.may_use(topic)) {
+        if !crate::auth::allows(self.allowed.as_deref(), topic) {
             self.error(id, code::FORBIDDEN, "your token does not allow this topic");
             return false;
         }
@@ -125,9 +121,9 @@ impl PubSub {
         if !self.check_topic(topic, id) {
             return;
         }
-        if self.topics.contains(topic) {
+        let Err(at) = self.topics.binary_search_by(|t| (**t).cmp(topic)) else {
             return self.ack(id);
-        }
+        };
         if self.topics.len() >= self.worker.limits.max_subscriptions {
             return self.error(
                 id,
@@ -135,12 +131,12 @@ impl PubSub {
                 "subscription limit reached for this session",
             );
         }
-        self.topics.insert(topic.into());
+        self.topics.insert(at, topic.into());
         match self.worker.table.subscribe(&self.me, topic) {
             Subscribed::Now => self.ack(id),
             Subscribed::AfterConfirmation => {
                 if let Some(id) = id {
-                    *self.me.deferred_ack.borrow_mut() = Some(protocol::ack_frame(id));
+                    self.me.defer_ack(protocol::ack_frame(id));
                 }
             }
         }
@@ -185,14 +181,15 @@ impl Handler for PubSub {
         match env.request {
             Request::Subscribe { topic } => self.subscribe(&topic, env.id),
             Request::Unsubscribe { topic } => {
-                if self.topics.remove(&*topic) {
+                if let Ok(at) = self.topics.binary_search_by(|t| (**t).cmp(&*topic)) {
+                    self.topics.remove(at);
                     self.worker.table.unsubscribe(self.me.id, &topic);
                 }
                 self.ack(env.id);
             }
             Request::Publish { topic, data } => {
                 if self.check_topic(&topic, env.id) {
-                    let user = self.identity.as_ref().map(|i| &*i.user);
+                    let user = self.me.user.as_deref();
                     match self
                         .worker
                         .publish(&topic, data, user, PublishSource::Client)
@@ -202,9 +199,9 @@ impl Handler for PubSub {
                     }
                 }
             }
-            Request::Direct { to, data } => match &self.identity {
-                Some(me) => {
-                    let frame = protocol::direct_frame(&me.user, data);
+            Request::Direct { to, data } => match &self.me.user {
+                Some(user) => {
+                    let frame = protocol::direct_frame(user, data);
                     self.worker.table.direct(&to, frame);
                     self.ack(env.id);
                 }
@@ -232,5 +229,23 @@ impl Handler for PubSub {
 
     fn on_written(&self, bytes: usize, frames: usize, sample: Option<u64>) {
         self.worker.on_written(bytes, frames, sample);
+    }
+}
+
+impl super::Session for PubSub {
+    fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    fn me(&self) -> &Subscriber {
+        &self.me
+    }
+
+    /// Leave every topic and the user table.
+    fn leave(&mut self) {
+        for t in self.topics.drain(..) {
+            self.worker.table.unsubscribe(self.me.id, &t);
+        }
+        self.worker.table.remove_user_session(&self.me);
     }
 }

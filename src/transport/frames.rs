@@ -59,8 +59,8 @@ struct Fragments {
 pub struct Frames {
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     pending: Vec<u8>,
-    /// A fragmented message being reassembled.
-    frag: Option<Fragments>,
+    /// A fragmented message being reassembled (boxed: rare, and this struct lives in every session).
+    frag: Option<Box<Fragments>>,
     /// `pending` may hold whole frames left unparsed because the handler paused input.
     stalled: bool,
     /// Largest message accepted (after reassembly).
@@ -74,6 +74,16 @@ impl Frames {
             frag: None,
             stalled: false,
             max_message,
+        }
+    }
+
+    /// A parser that starts with `unparsed` (bytes the client sent right after its upgrade request)
+    /// waiting as if input had been paused: the transport's loop parses them before it reads.
+    pub fn with_unparsed(max_message: usize, unparsed: &[u8]) -> Self {
+        Self {
+            pending: unparsed.to_vec(),
+            stalled: !unparsed.is_empty(),
+            ..Self::new(max_message)
         }
     }
 
@@ -151,11 +161,11 @@ impl Frames {
                 if opcode == OpCode::Text {
                     utf8.advance(payload, false).map_err(closed)?;
                 }
-                self.frag = Some(Fragments {
+                self.frag = Some(Box::new(Fragments {
                     opcode,
                     buf: payload.to_vec(),
                     utf8,
-                });
+                }));
             }
             OpCode::Continuation => {
                 let Some(frag) = self.frag.as_mut() else {

@@ -8,7 +8,7 @@
 pub mod codec;
 mod conn;
 mod frames;
-mod native;
+pub(crate) mod native;
 mod outbox;
 mod tls_native;
 
@@ -24,13 +24,17 @@ pub use tls_native::{HandshakeGate, HandshakePermit, TlsConn, TlsIo, TlsStream, 
 
 /// How a session's bytes move. Each data path is its own type, so a spawned session task contains
 /// the state of its own path only (a native ws session does not carry the TLS path's future).
+///
+/// `drive` takes the handler by value and hands it back with the end: the returned future is then
+/// the only place the socket, the handler and the limits are stored (a future that borrowed the
+/// handler would sit next to a second copy of everything it was built from).
 pub trait SessionIo {
-    fn drive<'a, H: Handler>(
+    fn drive<H: Handler>(
         self,
         prefix: bytes::Bytes,
-        h: &'a mut H,
+        h: H,
         limits: ConnLimits,
-    ) -> impl std::future::Future<Output = End> + 'a;
+    ) -> impl std::future::Future<Output = (End, H)>;
 }
 
 /// Through the tokio-trait adapters (TLS, or plain ws with `ws_io = "poll"`).
@@ -40,23 +44,23 @@ pub struct PollIo<S>(pub S);
 pub struct NativeIo(pub monoio::net::TcpStream);
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> SessionIo for PollIo<S> {
-    fn drive<'a, H: Handler>(
+    async fn drive<H: Handler>(
         self,
         prefix: bytes::Bytes,
-        h: &'a mut H,
+        mut h: H,
         limits: ConnLimits,
-    ) -> impl std::future::Future<Output = End> + 'a {
-        run(self.0, prefix, h, limits)
+    ) -> (End, H) {
+        (run(self.0, prefix, &mut h, limits).await, h)
     }
 }
 
 impl SessionIo for NativeIo {
-    fn drive<'a, H: Handler>(
+    fn drive<H: Handler>(
         self,
         prefix: bytes::Bytes,
-        h: &'a mut H,
+        h: H,
         limits: ConnLimits,
-    ) -> impl std::future::Future<Output = End> + 'a {
+    ) -> impl std::future::Future<Output = (End, H)> {
         run_native(self.0, prefix, h, limits)
     }
 }

@@ -11,11 +11,11 @@
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use monoio::net::TcpStream;
 
 use super::codec::encode_close;
@@ -151,37 +151,107 @@ fn read_some<W: Wire, H: Handler>(w: &mut W, frames: &mut Frames, h: &mut H) -> 
 }
 
 /// Run a plain ws session on the native path until it ends, then perform the close handshake.
-pub fn run<'a, H: Handler>(
+pub fn run<H: Handler>(
     stream: TcpStream,
     prefix: Bytes,
-    h: &'a mut H,
+    h: H,
     limits: ConnLimits,
-) -> impl Future<Output = End> + 'a {
+) -> impl Future<Output = (End, H)> {
     let fd = stream.as_raw_fd();
     run_wire(stream, Plain(fd), prefix, h, limits)
 }
 
 /// Run a session on a native wire until it ends, then perform the close handshake.
 ///
-/// Written as `fn -> impl Future` with one `async move` block: an `async fn` would keep its arguments
-/// twice in the future, and every byte here is paid by every idle session.
+/// Written as `fn -> impl Future` with one flat `async move` block: an `async fn` (or a nested one
+/// taking references) would keep its arguments twice in the future, and every byte here is paid by
+/// every idle session. For the same reason the future keeps neither the bytes that came with the
+/// upgrade (they wait in the parser) nor the limits (only the close timeout, in milliseconds), and
+/// what the loop remembers between wake-ups is one struct, so the wait's closure holds one pointer.
 #[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
-pub(super) fn run_wire<'a, W: Wire + 'a, H: Handler>(
+pub(super) fn run_wire<W: Wire, H: Handler>(
     stream: TcpStream,
     mut wire: W,
     prefix: Bytes,
-    h: &'a mut H,
+    mut h: H,
     limits: ConnLimits,
-) -> impl Future<Output = End> + 'a {
+) -> impl Future<Output = (End, H)> {
+    let mut frames = Frames::with_unparsed(limits.max_message, &prefix);
+    let close_ms = u32::try_from(limits.close_timeout.as_millis()).unwrap_or(u32::MAX);
     async move {
-        let mut frames = Frames::new(limits.max_message);
-        let first = {
-            let mut prefix = prefix.to_vec();
-            frames.process(&mut prefix, h)
-        };
-        let end = match first {
-            Err(end) => end,
-            Ok(()) => open(&stream, &mut wire, &mut frames, h).await,
+        let end = 'open: {
+            // Replaced as soon as it completes, so never polled after that (no `Fuse`).
+            let mut readable = pin!(stream.readable(false));
+            let mut st = Waits {
+                writable: None,
+                write_blocked: false,
+                maybe_more: true,
+            };
+            loop {
+                if !st.write_blocked {
+                    match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
+                        Ok(done) => st.write_blocked = !done,
+                        Err(e) => break 'open End::Io(e),
+                    }
+                }
+                if let Some(reason) = h.outbox().close_requested() {
+                    break 'open End::Closed(reason);
+                }
+                let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
+                if can_read && frames.stalled() {
+                    if let Err(end) = frames.resume(&mut h) {
+                        break 'open end;
+                    }
+                    continue;
+                }
+                if can_read && st.maybe_more {
+                    match read_some(&mut wire, &mut frames, &mut h) {
+                        Ok(more) => st.maybe_more = more,
+                        Err(end) => break 'open end,
+                    }
+                    if st.maybe_more {
+                        // Budget used up: let the core's other tasks run, then continue.
+                        yield_now().await;
+                    }
+                    continue;
+                }
+                // Nothing to do until the socket or the outbox changes.
+                let (stream, h, st, readable) = (&stream, &h, &mut st, &mut readable);
+                let wake = poll_fn(move |cx| {
+                    let outbox = h.outbox();
+                    outbox.register(cx.waker());
+                    if (!st.write_blocked && !outbox.is_empty())
+                        || outbox.close_requested().is_some()
+                    {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if can_read {
+                        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                            readable.set(stream.readable(false));
+                            st.maybe_more = true;
+                            return Poll::Ready(r);
+                        }
+                    } else if h.wants_input() && outbox.queued_bytes() < outbox.limit() {
+                        // Input was paused and is wanted again.
+                        return Poll::Ready(Ok(()));
+                    }
+                    if st.write_blocked {
+                        let w = st
+                            .writable
+                            .get_or_insert_with(|| Box::pin(stream.writable(false)));
+                        if let Poll::Ready(r) = w.as_mut().poll(cx) {
+                            st.writable = None;
+                            st.write_blocked = false;
+                            return Poll::Ready(r);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                if let Err(e) = wake {
+                    break 'open End::Io(e);
+                }
+            }
         };
         let close_frame = match &end {
             End::PeerClosed(code) => Some(encode_close(*code, "")),
@@ -191,7 +261,8 @@ pub(super) fn run_wire<'a, W: Wire + 'a, H: Handler>(
         if let Some(frame) = close_frame {
             // Boxed: the close handshake happens once, its state need not live in every session.
             let closing = close(&stream, &mut wire, h.outbox(), frame);
-            let _ = Box::pin(monoio::time::timeout(limits.close_timeout, closing)).await;
+            let timeout = Duration::from_millis(u64::from(close_ms));
+            let _ = Box::pin(monoio::time::timeout(timeout, closing)).await;
         } else if matches!(end, End::Eof) {
             // The peer is gone or half-closed: answer its close (TLS close_notify) if the socket
             // takes it now, without waiting.
@@ -200,81 +271,17 @@ pub(super) fn run_wire<'a, W: Wire + 'a, H: Handler>(
             }
         }
         h.outbox().detach();
-        end
+        (end, h)
     }
 }
 
-async fn open<W: Wire, H: Handler>(
-    stream: &TcpStream,
-    wire: &mut W,
-    frames: &mut Frames,
-    h: &mut H,
-) -> End {
-    let mut readable = pin!(stream.readable(false).fuse());
-    // Boxed and created only when the socket refuses a write: most sessions never need it.
-    let mut writable = None;
-    let mut write_blocked = false;
-    let mut maybe_more = true;
-    loop {
-        if !write_blocked {
-            match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
-                Ok(done) => write_blocked = !done,
-                Err(e) => return End::Io(e),
-            }
-        }
-        if let Some(reason) = h.outbox().close_requested() {
-            return End::Closed(reason);
-        }
-        let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
-        if can_read && frames.stalled() {
-            if let Err(end) = frames.resume(h) {
-                return end;
-            }
-            continue;
-        }
-        if can_read && maybe_more {
-            match read_some(wire, frames, h) {
-                Ok(more) => maybe_more = more,
-                Err(end) => return end,
-            }
-            if maybe_more {
-                // Budget used up: let the core's other tasks run, then continue.
-                yield_now().await;
-            }
-            continue;
-        }
-        // Nothing to do until the socket or the outbox changes.
-        let wake = poll_fn(|cx| {
-            h.outbox().register(cx.waker());
-            if (!write_blocked && !h.outbox().is_empty()) || h.outbox().close_requested().is_some()
-            {
-                return Poll::Ready(Ok(()));
-            }
-            if can_read {
-                if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                    readable.set(stream.readable(false).fuse());
-                    maybe_more = true;
-                    return Poll::Ready(r);
-                }
-            } else if h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit() {
-                // Input was paused and is wanted again.
-                return Poll::Ready(Ok(()));
-            }
-            if write_blocked {
-                let w = writable.get_or_insert_with(|| Box::pin(stream.writable(false)));
-                if let Poll::Ready(r) = w.as_mut().poll(cx) {
-                    writable = None;
-                    write_blocked = false;
-                    return Poll::Ready(r);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        if let Err(e) = wake {
-            return End::Io(e);
-        }
-    }
+/// What the open loop remembers between wake-ups besides the readability wait.
+struct Waits<F> {
+    /// Boxed and created only when the socket refuses a write: most sessions never need it.
+    writable: Option<Pin<Box<F>>>,
+    write_blocked: bool,
+    /// The socket may have more to read without waiting.
+    maybe_more: bool,
 }
 
 /// Give the core's other tasks a turn.
@@ -339,11 +346,12 @@ async fn close<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox, frame
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::transport::{CloseReason, Message};
 
-    pub(crate) struct Sink(Outbox);
+    /// A handler that drops every message; like the real ones, it refers to its outbox.
+    pub(crate) struct Sink(std::rc::Rc<Outbox>);
 
     impl Handler for Sink {
         fn on_message(&mut self, _msg: Message<'_>) -> Result<(), CloseReason> {
@@ -356,7 +364,7 @@ pub(super) mod tests {
 
     /// The size of the session future `make` builds over a connected socket.
     pub(crate) fn session_future_size(
-        make: impl FnOnce(TcpStream, &mut Sink, ConnLimits) -> usize,
+        make: impl FnOnce(TcpStream, Sink, ConnLimits) -> usize,
     ) -> usize {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
@@ -368,19 +376,19 @@ pub(super) mod tests {
             let client = monoio::net::TcpStream::connect(addr)
                 .await
                 .expect("connect");
-            let mut h = Sink(Outbox::new(1024));
+            let h = Sink(std::rc::Rc::new(Outbox::new(1024)));
             let limits = ConnLimits {
                 max_message: 1024,
                 close_timeout: std::time::Duration::from_millis(10),
             };
-            make(client, &mut h, limits)
+            make(client, h, limits)
         })
     }
 
     /// The per-session future is part of every idle session's memory: keep it small. (The prototype
     /// in shared/research reached 256 bytes; this loop also carries the writability wait, the read
     /// budget and the close handshake.)
-    const SESSION_FUTURE_BUDGET: usize = 640;
+    const SESSION_FUTURE_BUDGET: usize = 384;
 
     #[test]
     fn session_future_stays_within_budget() {

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -18,33 +19,39 @@ use super::codec::{close_code, CloseReason};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
+/// Every session has one, idle or not, so its layout is packed: the close reason is boxed (it is set
+/// once, at the end), the sample's byte count is non-zero (so its `Option` costs nothing) and the
+/// limit fits in the padding.
 #[derive(Default)]
 struct Inner {
     frames: VecDeque<Bytes>,
     bytes: usize,
     waker: Option<Waker>,
-    close: Option<CloseReason>,
-    /// The front frame is partly written; it must be finished before anything else goes out.
-    front_started: bool,
+    close: Option<Box<CloseReason>>,
     /// A sampled publish in the queue: (publish time in `clock::now_us`, queued bytes up to and
     /// including its frame). At most one per session, so sampling costs nothing per frame.
-    stamp: Option<(u64, usize)>,
+    stamp: Option<(u64, NonZeroUsize)>,
+    /// Most bytes a session may have queued before it is closed as a slow consumer.
+    limit: u32,
+    /// The front frame is partly written; it must be finished before anything else goes out.
+    front_started: bool,
 }
 
 /// The outbound queue of one session (core-local; shared through `Rc`).
 pub struct Outbox {
     inner: RefCell<Inner>,
-    /// Most bytes a session may have queued before it is closed as a slow consumer.
-    limit: usize,
     /// When the peer last sent anything (`clock::now_ms`), for idle timeouts.
     last_rx: std::cell::Cell<u64>,
 }
 
 impl Outbox {
+    /// An outbox that holds up to `limit` bytes (at most 4 GiB).
     pub fn new(limit: usize) -> Self {
         Self {
-            inner: RefCell::new(Inner::default()),
-            limit,
+            inner: RefCell::new(Inner {
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                ..Inner::default()
+            }),
             last_rx: std::cell::Cell::new(crate::clock::now_ms()),
         }
     }
@@ -63,15 +70,18 @@ impl Outbox {
         if inner.close.is_some() {
             return Err(Overflow);
         }
-        if inner.bytes > 0 && inner.bytes + frame.len() > self.limit {
+        if inner.bytes > 0 && inner.bytes + frame.len() > inner.limit as usize {
             discard_unstarted(&mut inner);
-            inner.close = Some(CloseReason::new(close_code::POLICY, "slow consumer"));
+            inner.close = Some(Box::new(CloseReason::new(
+                close_code::POLICY,
+                "slow consumer",
+            )));
             wake(&mut inner);
             return Err(Overflow);
         }
         Self::push_locked(&mut inner, frame);
         if let (Some(t), None) = (published_us, inner.stamp) {
-            inner.stamp = Some((t, inner.bytes));
+            inner.stamp = NonZeroUsize::new(inner.bytes).map(|upto| (t, upto));
         }
         Ok(())
     }
@@ -103,7 +113,7 @@ impl Outbox {
     pub fn close(&self, reason: CloseReason) {
         let mut inner = self.inner.borrow_mut();
         if inner.close.is_none() {
-            inner.close = Some(reason);
+            inner.close = Some(Box::new(reason));
             wake(&mut inner);
         }
     }
@@ -114,7 +124,7 @@ impl Outbox {
     }
 
     pub fn close_requested(&self) -> Option<CloseReason> {
-        self.inner.borrow().close
+        self.inner.borrow().close.as_deref().copied()
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -122,7 +132,7 @@ impl Outbox {
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.inner.borrow().limit as usize
     }
 
     /// Drop everything queued (as if written); returns the number of frames. An in-memory sink for
@@ -166,14 +176,13 @@ impl Outbox {
         let mut frames = 0;
         let mut inner = self.inner.borrow_mut();
         inner.bytes -= written;
-        let sample = match &mut inner.stamp {
-            Some((t, upto)) if *upto <= written => {
-                let t = *t;
+        let sample = match inner.stamp {
+            Some((t, upto)) if upto.get() <= written => {
                 inner.stamp = None;
                 Some(t)
             }
-            Some((_, upto)) => {
-                *upto -= written;
+            Some((t, upto)) => {
+                inner.stamp = NonZeroUsize::new(upto.get() - written).map(|upto| (t, upto));
                 None
             }
             None => None,
@@ -211,7 +220,7 @@ impl Outbox {
         inner.bytes = 0;
         inner.stamp = None;
         if inner.close.is_none() {
-            inner.close = Some(CloseReason::new(close_code::NORMAL, ""));
+            inner.close = Some(Box::new(CloseReason::new(close_code::NORMAL, "")));
         }
     }
 }
