@@ -10,6 +10,8 @@ D=${D:-target/release}
 OUT=${OUT:-/tmp}
 SERVER_CPU=${SERVER_CPU:-0} GEN_CPUS=${GEN_CPUS:-1-12} PROCS=${PROCS:-4} SECS=${SECS:-6}
 IDLE=${IDLE:-19000} SUBS=${SUBS:-10000}
+# SERVERS: which servers to run; ROWS: a regex of the row names to run (default: all).
+SERVERS=${SERVERS:-"wsgate tokio-hub"} ROWS=${ROWS:-.}
 RES=$OUT/headline.jsonl
 SRC="--source-ips 127.0.0.2-127.0.0.9"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -18,6 +20,7 @@ port=7100
 run() { # run SERVER ROW SCENARIO SCHEME ARGS...
     local server=$1 row=$2 scenario=$3 scheme=$4 spid url line
     shift 4
+    [[ $row =~ $ROWS ]] || return 0
     port=$((port + 2))
     case $server in
     wsgate) taskset -c "$SERVER_CPU" "$D/wsgate" --ws 127.0.0.1:$port --wss 127.0.0.1:$((port + 1)) --cores 1 --admin off >/dev/null 2>&1 & ;;
@@ -33,7 +36,7 @@ run() { # run SERVER ROW SCENARIO SCHEME ARGS...
     echo "{\"server\":\"$server\",\"row\":\"$row\",\"report\":$line}" >>"$RES"
     echo "$server $row: $(echo "$line" | grep -o '"ops_per_s":[0-9.]*'), $(echo "$line" | grep -o '"server_cpu_us_per_op":[0-9.]*'), $(echo "$line" | grep -o '"server_rss_kib[a-z_]*":[0-9]*' | tr '\n' ' ')"
 }
-for server in wsgate tokio-hub; do
+for server in $SERVERS; do
     run $server echo-ws echo ws --connections 100 --payload 512 --duration "$SECS" --procs "$PROCS"
     run $server echo-wss echo wss --connections 100 --payload 512 --duration "$SECS" --procs "$PROCS"
     run $server fanout-10k-max fanout ws --subscribers "$SUBS" --topics 1 --publishers 1 --payload 128 --duration "$SECS" --procs "$PROCS" $SRC --rate 0
