@@ -11,6 +11,26 @@ use wsgate::{Config, DriverChoice, Gateway, Overrides};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc commits whole arenas up front by default, which costs idle sessions ~0.4 KiB of RSS each
+/// (docs/benchmarks.md). The option must be set before the first allocation, and Rust's runtime
+/// allocates before `main`, so it is set from an ELF constructor; `MIMALLOC_ARENA_EAGER_COMMIT` in the
+/// environment still wins.
+#[used]
+#[link_section = ".init_array"]
+static MIMALLOC_DEFAULTS: extern "C" fn() = mimalloc_defaults;
+
+extern "C" fn mimalloc_defaults() {
+    /// `mi_option_arena_eager_commit` in mimalloc's `mi_option_t`.
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    // SAFETY: getenv reads the environment with a NUL-terminated literal and allocates nothing;
+    // mi_option_set only stores an option value.
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
 /// A thread-per-core WebSocket (ws:// and wss://) pub/sub gateway.
 ///
 /// With no arguments it serves ws://127.0.0.1:8080 and wss://127.0.0.1:8443 (self-signed certificate)
