@@ -15,10 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (docs/benchmarks.md). The option must be set before the first allocation, and Rust's runtime
 /// allocates before `main`, so it is set from an ELF constructor; `MIMALLOC_ARENA_EAGER_COMMIT` in the
 /// environment still wins.
+#[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
 static MIMALLOC_DEFAULTS: extern "C" fn() = mimalloc_defaults;
 
+#[cfg(target_os = "linux")]
 extern "C" fn mimalloc_defaults() {
     /// `mi_option_arena_eager_commit` in mimalloc's `mi_option_t`.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
