@@ -112,7 +112,7 @@ impl Bus {
         }
     }
 
-    /// Send to every core but `from`.
+    /// Send to every core but `from` (from the bridge, whose index is not a core's: to every core).
     pub fn broadcast(&self, from: usize, mut make: impl FnMut() -> BusMsg) {
         for to in (0..self.cores()).filter(|&c| c != from) {
             self.send(to, make());

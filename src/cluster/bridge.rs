@@ -413,15 +413,10 @@ impl Bridge {
                 };
                 let to: Arc<str> = Arc::from(to);
                 self.state.received.fetch_add(1, Ordering::Relaxed);
-                for core in 0..self.bus.cores() {
-                    self.bus.send(
-                        core,
-                        BusMsg::Direct {
-                            to: to.clone(),
-                            frame: frame.clone(),
-                        },
-                    );
-                }
+                self.bus.broadcast(self.me, || BusMsg::Direct {
+                    to: to.clone(),
+                    frame: frame.clone(),
+                });
             }
             (Payload::Tagged { frame, .. }, Some(topic)) => self.forward(topic, frame),
             (Payload::Foreign(json), Some(topic)) if self.settings.accept_backend => {

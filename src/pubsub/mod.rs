@@ -196,17 +196,9 @@ impl TopicTable {
         self.stats.publishes.add(1);
         let published_us = crate::clock::now_us();
         let mask = self.remote.borrow().get(topic).copied().unwrap_or(0);
-        if let Some(bridge) = self.bus.bridge() {
-            self.bus.send(
-                bridge,
-                BusMsg::Publish {
-                    topic: Arc::from(topic),
-                    frame: frame.clone(),
-                    published_us,
-                },
-            );
-        }
-        if mask != 0 {
+        let bridge = self.bus.bridge();
+        if mask != 0 || bridge.is_some() {
+            // One shared topic name for every hop: the interested cores, then the bridge.
             let shared: Arc<str> = Arc::from(topic);
             for core in (0..self.bus.cores()).filter(|c| mask & (1 << c) != 0) {
                 self.stats.bus_out.add(1);
@@ -214,6 +206,16 @@ impl TopicTable {
                     core,
                     BusMsg::Publish {
                         topic: shared.clone(),
+                        frame: frame.clone(),
+                        published_us,
+                    },
+                );
+            }
+            if let Some(bridge) = bridge {
+                self.bus.send(
+                    bridge,
+                    BusMsg::Publish {
+                        topic: shared,
                         frame: frame.clone(),
                         published_us,
                     },
