@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use thin_vec::ThinVec;
+
 use crate::auth::{Identity, TopicPattern};
 use crate::hooks::PublishSource;
 use crate::pubsub::protocol::{self, code, Request};
@@ -55,18 +57,24 @@ impl RateLimit {
     }
 }
 
-/// Lives in every pub/sub session's task, idle ones included, so it is kept small: the user is the
-/// subscriber's, the token's topic patterns are shared, the rate limit is boxed, and the topics are a
-/// sorted list.
+/// Lives in every pub/sub session's task, idle ones included, so it is kept small (32 bytes): the
+/// user is the subscriber's, the token's topic patterns and the rate limit share one box that only
+/// sessions with either get, and the topics are a sorted `ThinVec` (one pointer, nothing allocated
+/// while empty).
 pub struct PubSub {
     worker: Rc<Worker>,
     me: Rc<Subscriber>,
-    /// The token's `topics` claim; `None`: every topic (or no token).
-    allowed: Option<Arc<[TopicPattern]>>,
-    rate: Option<Box<RateLimit>>,
+    rare: Option<Box<Rare>>,
     /// Topics this session is subscribed to (to enforce the limit and to leave them at the end),
     /// sorted.
-    topics: Vec<Box<str>>,
+    topics: ThinVec<Box<str>>,
+}
+
+/// What only some sessions have.
+struct Rare {
+    /// The token's `topics` claim; `None`: every topic.
+    allowed: Option<Arc<[TopicPattern]>>,
+    rate: Option<RateLimit>,
 }
 
 impl PubSub {
@@ -78,13 +86,14 @@ impl PubSub {
     ) -> Self {
         worker.table.add_user_session(&me);
         let l = &worker.limits;
-        let rate = RateLimit::new(l.rate_limit_per_sec, l.rate_limit_burst).map(Box::new);
+        let rate = RateLimit::new(l.rate_limit_per_sec, l.rate_limit_burst);
+        let allowed = identity.and_then(|i| i.topics);
+        let rare = (rate.is_some() || allowed.is_some()).then(|| Box::new(Rare { allowed, rate }));
         let mut s = Self {
             worker,
             me,
-            allowed: identity.and_then(|i| i.topics),
-            rate,
-            topics: Vec::new(),
+            rare,
+            topics: ThinVec::new(),
         };
         for t in initial {
             s.subscribe(t, None);
@@ -110,7 +119,7 @@ impl PubSub {
             self.error(id, code::INVALID_TOPIC, why);
             return false;
         }
-        if !crate::auth::allows(self.allowed.as_deref(), topic) {
+        if !crate::auth::allows(self.rare.as_ref().and_then(|r| r.allowed.as_deref()), topic) {
             self.error(id, code::FORBIDDEN, "your token does not allow this topic");
             return false;
         }
@@ -146,7 +155,7 @@ impl PubSub {
 impl Handler for PubSub {
     fn on_message(&mut self, msg: Message<'_>) -> Result<(), CloseReason> {
         self.worker.stats.messages_in.add(1);
-        if let Some(rate) = &mut self.rate {
+        if let Some(rate) = self.rare.as_mut().and_then(|r| r.rate.as_mut()) {
             if !rate.take() {
                 self.worker.stats.rate_limited.add(1);
                 if rate.strikes >= self.worker.limits.rate_limit_close_after.max(1) {

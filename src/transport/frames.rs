@@ -11,6 +11,7 @@ use super::codec::{
     check_close_payload, close_code, encode_frame, parse_frame, CloseReason, Utf8Progress,
 };
 use super::outbox::Outbox;
+use super::spill::Spill;
 
 /// A complete data message, borrowed from the transport's buffers for the duration of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,30 +59,32 @@ struct Fragments {
 /// Frame parsing and message assembly state of one connection.
 pub struct Frames {
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
-    pending: Vec<u8>,
+    pending: Spill,
     /// A fragmented message being reassembled (boxed: rare, and this struct lives in every session).
     frag: Option<Box<Fragments>>,
     /// `pending` may hold whole frames left unparsed because the handler paused input.
     stalled: bool,
     /// Largest message accepted (after reassembly).
-    max_message: usize,
+    max_message: u32,
 }
 
 impl Frames {
     pub fn new(max_message: usize) -> Self {
         Self {
-            pending: Vec::new(),
+            pending: Spill::default(),
             frag: None,
             stalled: false,
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
         }
     }
 
     /// A parser that starts with `unparsed` (bytes the client sent right after its upgrade request)
     /// waiting as if input had been paused: the transport's loop parses them before it reads.
     pub fn with_unparsed(max_message: usize, unparsed: &[u8]) -> Self {
+        let mut pending = Spill::default();
+        pending.extend(unparsed);
         Self {
-            pending: unparsed.to_vec(),
+            pending,
             stalled: !unparsed.is_empty(),
             ..Self::new(max_message)
         }
@@ -97,28 +100,44 @@ impl Frames {
         if self.pending.is_empty() {
             self.process(data, h)
         } else {
-            let mut pending = std::mem::take(&mut self.pending);
+            let mut pending = self.pending.take();
             pending.extend_from_slice(data);
-            self.process(&mut pending, h)
+            self.process_owned(pending, h)
         }
     }
 
     /// Continue with what was left unparsed while the handler paused input.
     pub fn resume<H: Handler>(&mut self, h: &mut H) -> Result<(), End> {
         self.stalled = false;
-        let mut pending = std::mem::take(&mut self.pending);
-        self.process(&mut pending, h)
+        let pending = self.pending.take();
+        self.process_owned(pending, h)
     }
 
-    /// Parse and dispatch every whole frame in `buf`; keep the tail of an incomplete frame.
+    /// Parse and dispatch every whole frame in `buf`; keep a copy of the tail of an incomplete frame.
     pub fn process<H: Handler>(&mut self, buf: &mut [u8], h: &mut H) -> Result<(), End> {
+        let used = self.dispatch(buf, h)?;
+        self.pending.extend(&buf[used..]);
+        Ok(())
+    }
+
+    /// [`Frames::process`] over bytes that were pending: the tail stays in the same allocation, so a
+    /// large frame arriving over many reads is not copied again on every read.
+    fn process_owned<H: Handler>(&mut self, mut buf: Vec<u8>, h: &mut H) -> Result<(), End> {
+        let used = self.dispatch(&mut buf, h)?;
+        buf.drain(..used);
+        self.pending.put(buf);
+        Ok(())
+    }
+
+    /// Parse and dispatch the whole frames at the start of `buf`; returns the bytes they took.
+    fn dispatch<H: Handler>(&mut self, buf: &mut [u8], h: &mut H) -> Result<usize, End> {
         let mut pos = 0;
         while pos < buf.len() {
             if !h.wants_input() {
                 self.stalled = true;
                 break;
             }
-            let room = self.max_message - self.frag.as_ref().map_or(0, |f| f.buf.len());
+            let room = self.max_message as usize - self.frag.as_ref().map_or(0, |f| f.buf.len());
             match parse_frame(&mut buf[pos..], room) {
                 Ok(Some((header, used))) => {
                     let range = pos + header.payload.start..pos + header.payload.end;
@@ -132,13 +151,7 @@ impl Frames {
                 Err(reason) => return Err(End::Closed(reason)),
             }
         }
-        self.pending.clear();
-        if pos < buf.len() {
-            self.pending.extend_from_slice(&buf[pos..]);
-        } else if self.pending.capacity() > 0 {
-            self.pending = Vec::new();
-        }
-        Ok(())
+        Ok(pos)
     }
 
     fn on_frame<H: Handler>(

@@ -10,6 +10,8 @@ mod conn;
 mod frames;
 pub(crate) mod native;
 mod outbox;
+mod readiness;
+mod spill;
 mod tls_native;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, encode_masked_frame, CloseReason};

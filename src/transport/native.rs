@@ -1,17 +1,16 @@
 //! The native data path for plain ws:// sessions: wait for readiness without a buffer, then move bytes
 //! with plain non-blocking syscalls.
 //!
-//! An idle session waits on `TcpStream::readable()` (an io_uring POLL_ADD, or epoll readiness on the
-//! fallback driver) and owns no read buffer: once readable, it `recv`s into the per-core scratch
-//! buffer shared with the poll path, parses in place, and keeps only an incomplete frame. Writes go
-//! straight to the socket with one `sendmsg` of every queued frame; only what the socket refuses stays
-//! queued, and the task then waits for writability. One flat loop, so the session future stays small
-//! (its size is checked by a unit test).
+//! An idle session owns no read buffer and no pending operation: its socket sits in the core's
+//! epoll set (`readiness`) and the session waits on two readiness bits. Once readable, it `recv`s into
+//! the per-core scratch buffer shared with the poll path, parses in place, and keeps only an
+//! incomplete frame. Writes go straight to the socket with one `sendmsg` of every queued frame; only
+//! what the socket refuses stays queued, and the task then waits for writability. One flat loop, so
+//! the session future stays small (its size is checked by a unit test).
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::{pin, Pin};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,16 +21,17 @@ use super::codec::encode_close;
 use super::conn::{with_scratch, ConnLimits, MAX_IOVECS, READ_BUDGET};
 use super::frames::{End, Frames, Handler};
 use super::outbox::Outbox;
+use super::readiness::{Registered, HANGUP, READABLE, WRITABLE};
 
 /// What differs between the native data paths (plain ws here, TLS in `tls_native`): how bytes read
 /// from the socket become frames, and how queued frames become bytes on the socket. The session
-/// loop, the read budget and the close handshake are shared.
+/// loop, the read budget and the close handshake are shared; the socket is passed in (`fd`), so a
+/// wire holds only its own state (plain ws: none).
 pub(super) trait Wire {
-    /// The socket's descriptor.
-    fn fd(&self) -> RawFd;
     /// Bytes just read from the socket (in the per-core scratch buffer).
     fn on_bytes<H: Handler>(
         &mut self,
+        fd: RawFd,
         data: &mut [u8],
         frames: &mut Frames,
         h: &mut H,
@@ -39,22 +39,21 @@ pub(super) trait Wire {
     /// Write queued frames as far as the socket takes them now. `Ok(true)` = everything is written.
     fn flush(
         &mut self,
+        fd: RawFd,
         outbox: &Outbox,
         report: &dyn Fn(usize, usize, Option<u64>),
     ) -> io::Result<bool>;
     /// The connection is about to be half-closed (TLS queues its close_notify here).
-    fn finish(&mut self) {}
+    fn finish(&mut self, _fd: RawFd) {}
 }
 
 /// Plain ws: bytes are frames.
-pub(super) struct Plain(RawFd);
+pub(super) struct Plain;
 
 impl Wire for Plain {
-    fn fd(&self) -> RawFd {
-        self.0
-    }
     fn on_bytes<H: Handler>(
         &mut self,
+        _fd: RawFd,
         data: &mut [u8],
         frames: &mut Frames,
         h: &mut H,
@@ -63,10 +62,11 @@ impl Wire for Plain {
     }
     fn flush(
         &mut self,
+        fd: RawFd,
         outbox: &Outbox,
         report: &dyn Fn(usize, usize, Option<u64>),
     ) -> io::Result<bool> {
-        flush_outbox(self.0, outbox, report)
+        flush_outbox(fd, outbox, report)
     }
 }
 
@@ -124,30 +124,46 @@ pub(super) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// How a round of reads ended.
+enum Read {
+    /// The read budget is used up; the socket may have more.
+    Budget,
+    /// The socket has nothing more for now (its readiness is cleared).
+    Drained,
+    /// The handler wants no more input for now; the socket may have more.
+    Paused,
+}
+
 /// Read what the socket has (up to the read budget) and feed it to the wire.
-/// `Ok(true)` = the socket may have more (budget exhausted); `Ok(false)` = would block.
-fn read_some<W: Wire, H: Handler>(w: &mut W, frames: &mut Frames, h: &mut H) -> Result<bool, End> {
-    let fd = w.fd();
+fn read_some<W: Wire, H: Handler>(
+    fd: RawFd,
+    w: &mut W,
+    frames: &mut Frames,
+    h: &mut H,
+) -> Result<Read, End> {
     for _ in 0..READ_BUDGET {
         let r = with_scratch(|scratch| match recv(fd, scratch) {
             Ok(0) => Err(End::Eof),
             Ok(n) => {
                 h.outbox().touch();
                 h.on_read(n);
-                w.on_bytes(&mut scratch[..n], frames, h).map(|()| true)
+                let short = n < scratch.len() && !h.outbox().is_ready(HANGUP);
+                w.on_bytes(fd, &mut scratch[..n], frames, h)
+                    .map(|()| !short)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(End::Io(e)),
         });
         if !r? {
-            return Ok(false);
+            h.outbox().clear_ready(READABLE);
+            return Ok(Read::Drained);
         }
         if !h.wants_input() || h.outbox().close_requested().is_some() {
-            return Ok(false);
+            return Ok(Read::Paused);
         }
     }
-    Ok(true)
+    Ok(Read::Budget)
 }
 
 /// Run a plain ws session on the native path until it ends, then perform the close handshake.
@@ -157,8 +173,14 @@ pub fn run<H: Handler>(
     h: H,
     limits: ConnLimits,
 ) -> impl Future<Output = (End, H)> {
-    let fd = stream.as_raw_fd();
-    run_wire(stream, Plain(fd), prefix, h, limits)
+    let sock = register(stream, h.outbox());
+    run_wire(sock, Plain, prefix, h, limits)
+}
+
+/// Take the socket from monoio into this core's epoll set (see `readiness`). The connection's
+/// handshake ran to completion on `stream`, so no monoio operation still refers to it.
+pub(super) fn register(stream: TcpStream, outbox: &Outbox) -> Registered {
+    Registered::new(stream.into_raw_fd(), outbox)
 }
 
 /// Run a session on a native wire until it ends, then perform the close handshake.
@@ -167,10 +189,11 @@ pub fn run<H: Handler>(
 /// taking references) would keep its arguments twice in the future, and every byte here is paid by
 /// every idle session. For the same reason the future keeps neither the bytes that came with the
 /// upgrade (they wait in the parser) nor the limits (only the close timeout, in milliseconds), and
-/// what the loop remembers between wake-ups is one struct, so the wait's closure holds one pointer.
+/// the socket is a bare registered descriptor whose readiness lives in the outbox: waiting is a
+/// check of two bits and a waker, no pending operation.
 #[allow(clippy::manual_async_fn)] // deliberate: see above (rustc issue #62958)
 pub(super) fn run_wire<W: Wire, H: Handler>(
-    stream: TcpStream,
+    sock: Registered,
     mut wire: W,
     prefix: Bytes,
     mut h: H,
@@ -179,79 +202,56 @@ pub(super) fn run_wire<W: Wire, H: Handler>(
     let mut frames = Frames::with_unparsed(limits.max_message, &prefix);
     let close_ms = u32::try_from(limits.close_timeout.as_millis()).unwrap_or(u32::MAX);
     async move {
-        let end = 'open: {
-            // Replaced as soon as it completes, so never polled after that (no `Fuse`).
-            let mut readable = pin!(stream.readable(false));
-            let mut st = Waits {
-                writable: None,
-                write_blocked: false,
-                maybe_more: true,
-            };
-            loop {
-                if !st.write_blocked {
-                    match wire.flush(h.outbox(), &|n, f, s| h.on_written(n, f, s)) {
-                        Ok(done) => st.write_blocked = !done,
-                        Err(e) => break 'open End::Io(e),
-                    }
+        if let Some(e) = sock.error() {
+            drop(sock);
+            h.outbox().detach();
+            return (End::Io(e), h);
+        }
+        let fd = sock.fd();
+        let end = 'open: loop {
+            let outbox = h.outbox();
+            if outbox.is_ready(WRITABLE) {
+                match wire.flush(fd, outbox, &|n, f, s| h.on_written(n, f, s)) {
+                    Ok(true) => {}
+                    Ok(false) => h.outbox().clear_ready(WRITABLE),
+                    Err(e) => break 'open End::Io(e),
                 }
-                if let Some(reason) = h.outbox().close_requested() {
-                    break 'open End::Closed(reason);
-                }
-                let can_read = h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit();
-                if can_read && frames.stalled() {
+            }
+            if let Some(reason) = h.outbox().close_requested() {
+                break 'open End::Closed(reason);
+            }
+            if can_read(&h) {
+                if frames.stalled() {
                     if let Err(end) = frames.resume(&mut h) {
                         break 'open end;
                     }
                     continue;
                 }
-                if can_read && st.maybe_more {
-                    match read_some(&mut wire, &mut frames, &mut h) {
-                        Ok(more) => st.maybe_more = more,
-                        Err(end) => break 'open end,
-                    }
-                    if st.maybe_more {
+                if h.outbox().is_ready(READABLE) {
+                    match read_some(fd, &mut wire, &mut frames, &mut h) {
                         // Budget used up: let the core's other tasks run, then continue.
-                        yield_now().await;
+                        Ok(Read::Budget) => yield_now().await,
+                        Ok(Read::Drained | Read::Paused) => {}
+                        Err(end) => break 'open end,
                     }
                     continue;
                 }
-                // Nothing to do until the socket or the outbox changes.
-                let (stream, h, st, readable) = (&stream, &h, &mut st, &mut readable);
-                let wake = poll_fn(move |cx| {
-                    let outbox = h.outbox();
-                    outbox.register(cx.waker());
-                    if (!st.write_blocked && !outbox.is_empty())
-                        || outbox.close_requested().is_some()
-                    {
-                        return Poll::Ready(Ok(()));
-                    }
-                    if can_read {
-                        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                            readable.set(stream.readable(false));
-                            st.maybe_more = true;
-                            return Poll::Ready(r);
-                        }
-                    } else if h.wants_input() && outbox.queued_bytes() < outbox.limit() {
-                        // Input was paused and is wanted again.
-                        return Poll::Ready(Ok(()));
-                    }
-                    if st.write_blocked {
-                        let w = st
-                            .writable
-                            .get_or_insert_with(|| Box::pin(stream.writable(false)));
-                        if let Poll::Ready(r) = w.as_mut().poll(cx) {
-                            st.writable = None;
-                            st.write_blocked = false;
-                            return Poll::Ready(r);
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await;
-                if let Err(e) = wake {
-                    break 'open End::Io(e);
-                }
             }
+            // Nothing to do until the socket or the outbox changes.
+            let (h, frames) = (&h, &frames);
+            poll_fn(move |cx| {
+                let outbox = h.outbox();
+                outbox.register(cx.waker());
+                let wake = (outbox.is_ready(WRITABLE) && !outbox.is_empty())
+                    || outbox.close_requested().is_some()
+                    || (can_read(h) && (outbox.is_ready(READABLE) || frames.stalled()));
+                if wake {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         };
         let close_frame = match &end {
             End::PeerClosed(code) => Some(encode_close(*code, "")),
@@ -260,32 +260,30 @@ pub(super) fn run_wire<W: Wire, H: Handler>(
         };
         if let Some(frame) = close_frame {
             // Boxed: the close handshake happens once, its state need not live in every session.
-            let closing = close(&stream, &mut wire, h.outbox(), frame);
+            let closing = close(fd, &mut wire, h.outbox(), frame);
             let timeout = Duration::from_millis(u64::from(close_ms));
             let _ = Box::pin(monoio::time::timeout(timeout, closing)).await;
         } else if matches!(end, End::Eof) {
             // The peer is gone or half-closed: answer its close (TLS close_notify) if the socket
             // takes it now, without waiting.
-            if wire.flush(h.outbox(), &|_, _, _| {}).is_ok() {
-                wire.finish();
+            if wire.flush(fd, h.outbox(), &|_, _, _| {}).is_ok() {
+                wire.finish(fd);
             }
         }
+        // Out of the epoll set before the outbox (which its events point at) can go.
+        drop(sock);
         h.outbox().detach();
         (end, h)
     }
 }
 
-/// What the open loop remembers between wake-ups besides the readability wait.
-struct Waits<F> {
-    /// Boxed and created only when the socket refuses a write: most sessions never need it.
-    writable: Option<Pin<Box<F>>>,
-    write_blocked: bool,
-    /// The socket may have more to read without waiting.
-    maybe_more: bool,
+/// The session takes input now: it wants it and its outbox has room for the replies.
+fn can_read<H: Handler>(h: &H) -> bool {
+    h.wants_input() && h.outbox().queued_bytes() < h.outbox().limit()
 }
 
 /// Give the core's other tasks a turn.
-async fn yield_now() {
+pub(super) async fn yield_now() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -299,16 +297,28 @@ async fn yield_now() {
     .await
 }
 
+/// Wait until the socket has `bit` (`READABLE` / `WRITABLE`) again.
+async fn ready(outbox: &Outbox, bit: u8) {
+    poll_fn(|cx| {
+        outbox.register(cx.waker());
+        if outbox.is_ready(bit) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Write everything the wire has queued, waiting for writability as needed. `false` = the socket
 /// failed.
-async fn flush_all<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox) -> bool {
+async fn flush_all<W: Wire>(fd: RawFd, wire: &mut W, outbox: &Outbox) -> bool {
     loop {
-        match wire.flush(outbox, &|_, _, _| {}) {
+        match wire.flush(fd, outbox, &|_, _, _| {}) {
             Ok(true) => return true,
             Ok(false) => {
-                if stream.writable(false).await.is_err() {
-                    return false;
-                }
+                outbox.clear_ready(WRITABLE);
+                ready(outbox, WRITABLE).await;
             }
             Err(_) => return false,
         }
@@ -317,16 +327,15 @@ async fn flush_all<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox) -
 
 /// Close handshake: flush, send our close frame (and, on TLS, close_notify), half-close, then read
 /// (and drop) until the peer is gone. Bounded by the caller's timeout.
-async fn close<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox, frame: Bytes) {
+async fn close<W: Wire>(fd: RawFd, wire: &mut W, outbox: &Outbox, frame: Bytes) {
     outbox.force_reply(frame);
-    if !flush_all(stream, wire, outbox).await {
+    if !flush_all(fd, wire, outbox).await {
         return;
     }
-    wire.finish();
-    if !flush_all(stream, wire, outbox).await {
+    wire.finish(fd);
+    if !flush_all(fd, wire, outbox).await {
         return;
     }
-    let fd = wire.fd();
     // SAFETY: shutdown(2) on our own open socket.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     let mut sink = [0u8; 1024];
@@ -335,9 +344,8 @@ async fn close<W: Wire>(stream: &TcpStream, wire: &mut W, outbox: &Outbox, frame
             Ok(0) => return,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if stream.readable(false).await.is_err() {
-                    return;
-                }
+                outbox.clear_ready(READABLE);
+                ready(outbox, READABLE).await;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,

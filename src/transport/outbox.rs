@@ -42,6 +42,10 @@ pub struct Outbox {
     inner: RefCell<Inner>,
     /// When the peer last sent anything (`clock::now_ms`), for idle timeouts.
     last_rx: std::cell::Cell<u64>,
+    /// The socket's readiness (`readiness::READABLE` / `WRITABLE`), set by the core's epoll driver
+    /// and cleared by the session when the socket would block. Kept here because the outbox is the
+    /// session's one stable, shared address and already holds its task's waker.
+    ready: std::cell::Cell<u8>,
 }
 
 impl Outbox {
@@ -53,7 +57,27 @@ impl Outbox {
                 ..Inner::default()
             }),
             last_rx: std::cell::Cell::new(crate::clock::now_ms()),
+            ready: std::cell::Cell::new(0),
         }
+    }
+
+    /// An epoll event for the session's socket: remember it and wake the session.
+    pub(crate) fn on_ready(&self, bits: u8) {
+        self.ready.set(self.ready.get() | bits);
+        wake(&mut self.inner.borrow_mut());
+    }
+
+    pub(crate) fn set_ready(&self, bits: u8) {
+        self.ready.set(bits);
+    }
+
+    pub(crate) fn is_ready(&self, bit: u8) -> bool {
+        self.ready.get() & bit != 0
+    }
+
+    /// The socket would block: wait for its next edge.
+    pub(crate) fn clear_ready(&self, bit: u8) {
+        self.ready.set(self.ready.get() & !bit);
     }
 
     /// Queue a frame that others send to this session (a publish). Over the limit, the session is closed

@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn::{with_scratch, ConnLimits};
 use super::frames::{End, Frames, Handler};
-use super::native::{recv, run_wire, sendmsg, Wire};
+use super::native::{recv, register, run_wire, sendmsg, Wire};
 use super::outbox::Outbox;
 
 /// Most plaintext encrypted per flush step (four full records).
@@ -336,17 +336,13 @@ pub struct TlsIo {
 }
 
 struct TlsWire {
-    fd: RawFd,
     tls: TlsConn,
 }
 
 impl Wire for TlsWire {
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
     fn on_bytes<H: Handler>(
         &mut self,
+        fd: RawFd,
         data: &mut [u8],
         frames: &mut Frames,
         h: &mut H,
@@ -367,7 +363,7 @@ impl Wire for TlsWire {
                     Err(End::Io(invalid_data(e)))
                 }
             };
-            match self.tls.emit(self.fd, ct) {
+            match self.tls.emit(fd, ct) {
                 Err(e) if r.is_ok() => Err(End::Io(e)),
                 _ => r,
             }
@@ -376,11 +372,12 @@ impl Wire for TlsWire {
 
     fn flush(
         &mut self,
+        fd: RawFd,
         outbox: &Outbox,
         report: &dyn Fn(usize, usize, Option<u64>),
     ) -> io::Result<bool> {
         loop {
-            if !self.tls.send_pending(self.fd)? {
+            if !self.tls.send_pending(fd)? {
                 return Ok(false);
             }
             if outbox.is_empty() {
@@ -400,17 +397,16 @@ impl Wire for TlsWire {
                     self.tls.encrypt(p, false, ct)?;
                     let (frames, sample) = outbox.consume(p.len());
                     report(p.len(), frames, sample);
-                    self.tls.emit(self.fd, ct)
+                    self.tls.emit(fd, ct)
                 })
             })?;
         }
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, fd: RawFd) {
         if self.tls.closed {
             return;
         }
-        let fd = self.fd;
         let tls = &mut self.tls;
         with_cipher(|ct| {
             if tls.encrypt(&[], true, ct).is_ok() {
@@ -427,9 +423,8 @@ impl super::SessionIo for TlsIo {
         h: H,
         limits: ConnLimits,
     ) -> impl Future<Output = (End, H)> {
-        let fd = self.stream.as_raw_fd();
-        let wire = TlsWire { fd, tls: self.tls };
-        run_wire(self.stream, wire, prefix, h, limits)
+        let sock = register(self.stream, h.outbox());
+        run_wire(sock, TlsWire { tls: self.tls }, prefix, h, limits)
     }
 }
 
@@ -551,8 +546,8 @@ pub async fn upgrade(
         None => {
             // A refusal: close cleanly.
             let fd = stream.as_raw_fd();
-            let mut w = TlsWire { fd, tls };
-            w.finish();
+            let mut w = TlsWire { tls };
+            w.finish(fd);
             let _ = write_all(&stream, &mut w.tls, &[]).await;
             TlsUpgrade::Done
         }
