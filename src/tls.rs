@@ -123,6 +123,9 @@ fn setup(
         .with_no_client_auth()
         .with_cert_resolver(store.clone());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Upgraded wss sessions keep only the traffic keys and rustls's key schedule, exported from the
+    // connection after the upgrade (`transport::tls_records`).
+    cfg.enable_secret_extraction = true;
     Ok(TlsSetup {
         config: Arc::new(cfg),
         store,

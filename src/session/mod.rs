@@ -127,7 +127,7 @@ fn ended(worker: &Worker, me: &Subscriber, guard: &ConnGuard, end: &End) {
 mod tests {
     use super::*;
     use crate::transport::native::tests::session_future_size;
-    use crate::transport::{NativeIo, TlsConn, TlsIo};
+    use crate::transport::{NativeIo, TlsIo};
 
     /// The most a plain ws pub/sub or echo session's task future may take: every idle session keeps
     /// it for its whole life (see docs/benchmarks.md, "Idle plain ws: where the bytes go").
@@ -164,11 +164,8 @@ mod tests {
         let pubsub = || Route::PubSub { topics: Vec::new() };
         let ws_pubsub = task_size(pubsub(), NativeIo);
         let ws_echo = task_size(Route::Echo, NativeIo);
-        let setup = crate::tls::self_signed().expect("tls setup");
-        let wss_pubsub = task_size(pubsub(), |stream| TlsIo {
-            stream,
-            tls: TlsConn::new(setup.config).expect("tls conn"),
-        });
+        let (wire, _client) = crate::transport::tls_handshaken(&[&rustls::version::TLS13], None);
+        let wss_pubsub = task_size(pubsub(), |stream| TlsIo { stream, wire });
         println!(
             "task future: ws pubsub {ws_pubsub} B, ws echo {ws_echo} B, wss pubsub {wss_pubsub} B"
         );

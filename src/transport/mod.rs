@@ -13,6 +13,7 @@ mod outbox;
 mod readiness;
 mod spill;
 mod tls_native;
+mod tls_records;
 
 pub use codec::{close_code, encode_frame, encode_frame_parts, encode_masked_frame, CloseReason};
 pub(crate) use conn::with_scratch;
@@ -66,3 +67,6 @@ impl SessionIo for NativeIo {
         run_native(self.0, prefix, h, limits)
     }
 }
+
+#[cfg(test)]
+pub(crate) use tls_native::tests::handshaken as tls_handshaken;

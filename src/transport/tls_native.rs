@@ -40,12 +40,15 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::ContentType;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn::{with_scratch, ConnLimits};
 use super::frames::{End, Frames, Handler};
 use super::native::{recv, register, run_wire, sendmsg, Wire};
 use super::outbox::Outbox;
+use super::spill::Spill;
+use super::tls_records::{Fail as RecordFail, Records};
 
 /// Most plaintext encrypted per flush step (four full records).
 const BATCH: usize = 64 * 1024;
@@ -332,11 +335,92 @@ impl TlsConn {
 /// A wss session on the native path (see the module docs).
 pub struct TlsIo {
     pub(crate) stream: TcpStream,
-    pub(crate) tls: TlsConn,
+    pub(crate) wire: TlsWire,
 }
 
-struct TlsWire {
-    tls: TlsConn,
+/// A wss session's TLS state after the upgrade: the record protection (boxed: about 600 bytes, and
+/// the wire lives in every session's future), an incomplete record, ciphertext the socket refused.
+pub(crate) struct TlsWire {
+    rec: Box<Records>,
+    incoming: Spill,
+    outgoing: Spill,
+}
+
+impl TlsWire {
+    /// Take over an upgraded connection from the handshake's rustls connection (see
+    /// `tls_records`). Fails only if rustls cannot export the connection's secrets.
+    pub(crate) fn new(tls: TlsConn) -> Result<Self, rustls::Error> {
+        let mut rec = Box::new(Records::new(*tls.conn)?);
+        rec.peer_closed = tls.peer_closed;
+        rec.closed = tls.closed;
+        let (mut incoming, mut outgoing) = (Spill::default(), Spill::default());
+        incoming.put(tls.incoming);
+        outgoing.put(tls.outgoing);
+        Ok(Self {
+            rec,
+            incoming,
+            outgoing,
+        })
+    }
+
+    /// Open the records in `input` (after any incomplete one kept from before); keep the tail.
+    fn open(
+        &mut self,
+        input: &mut [u8],
+        out: &mut Vec<u8>,
+        app: &mut impl FnMut(&mut [u8]) -> Result<(), End>,
+    ) -> Result<(), RecordFail<End>> {
+        if self.incoming.is_empty() {
+            let (used, r) = self.rec.open(input, out, app);
+            if r.is_ok() {
+                self.incoming.extend(&input[used..]);
+            }
+            r
+        } else {
+            let mut buf = self.incoming.take();
+            buf.extend_from_slice(input);
+            let (used, r) = self.rec.open(&mut buf, out, app);
+            if r.is_ok() {
+                buf.drain(..used);
+                self.incoming.put(buf);
+            }
+            r
+        }
+    }
+
+    /// Send `ct` after what is already pending; what the socket refuses is kept.
+    fn emit(&mut self, fd: RawFd, ct: &[u8]) -> io::Result<()> {
+        if !self.outgoing.is_empty() {
+            self.outgoing.extend(ct);
+            return Ok(());
+        }
+        let mut sent = 0;
+        while sent < ct.len() {
+            match sendmsg(fd, &[IoSlice::new(&ct[sent..])]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.outgoing.extend(&ct[sent..]);
+        Ok(())
+    }
+
+    /// Send pending ciphertext. `Ok(true)` = nothing is pending any more.
+    fn send_pending(&mut self, fd: RawFd) -> io::Result<bool> {
+        while !self.outgoing.is_empty() {
+            match sendmsg(fd, &[IoSlice::new(self.outgoing.as_slice())]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.outgoing.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl Wire for TlsWire {
@@ -348,22 +432,16 @@ impl Wire for TlsWire {
         h: &mut H,
     ) -> Result<(), End> {
         with_cipher(|ct| {
-            let r = self.tls.feed(data, ct, &mut |record| {
-                with_plain(|p| {
-                    p.extend_from_slice(record);
-                    frames.feed(p, h)
-                })
-            });
-            let r = match r {
-                Ok(()) if self.tls.peer_closed => Err(End::Eof),
+            let r = match self.open(data, ct, &mut |p| frames.feed(p, h)) {
+                Ok(()) if self.rec.peer_closed => Err(End::Eof),
                 Ok(()) => Ok(()),
-                Err(Fail::App(end)) => Err(end),
-                Err(Fail::Tls(e)) => {
-                    self.tls.alert(ct);
+                Err(RecordFail::App(end)) => Err(end),
+                Err(RecordFail::Tls(alert, e)) => {
+                    self.rec.fatal(alert, ct);
                     Err(End::Io(invalid_data(e)))
                 }
             };
-            match self.tls.emit(fd, ct) {
+            match self.emit(fd, ct) {
                 Err(e) if r.is_ok() => Err(End::Io(e)),
                 _ => r,
             }
@@ -377,7 +455,7 @@ impl Wire for TlsWire {
         report: &dyn Fn(usize, usize, Option<u64>),
     ) -> io::Result<bool> {
         loop {
-            if !self.tls.send_pending(fd)? {
+            if !self.send_pending(fd)? {
                 return Ok(false);
             }
             if outbox.is_empty() {
@@ -394,23 +472,24 @@ impl Wire for TlsWire {
                     }
                 });
                 with_cipher(|ct| {
-                    self.tls.encrypt(p, false, ct)?;
+                    self.rec
+                        .seal(ContentType::ApplicationData, p, ct)
+                        .map_err(invalid_data)?;
                     let (frames, sample) = outbox.consume(p.len());
                     report(p.len(), frames, sample);
-                    self.tls.emit(fd, ct)
+                    self.emit(fd, ct)
                 })
             })?;
         }
     }
 
     fn finish(&mut self, fd: RawFd) {
-        if self.tls.closed {
+        if self.rec.closed {
             return;
         }
-        let tls = &mut self.tls;
         with_cipher(|ct| {
-            if tls.encrypt(&[], true, ct).is_ok() {
-                let _ = tls.emit(fd, ct);
+            if self.rec.close_notify(ct).is_ok() {
+                let _ = self.emit(fd, ct);
             }
         });
     }
@@ -424,7 +503,7 @@ impl super::SessionIo for TlsIo {
         limits: ConnLimits,
     ) -> impl Future<Output = (End, H)> {
         let sock = register(self.stream, h.outbox());
-        run_wire(sock, TlsWire { tls: self.tls }, prefix, h, limits)
+        run_wire(sock, self.wire, prefix, h, limits)
     }
 }
 
@@ -537,18 +616,26 @@ pub async fn upgrade(
         return TlsUpgrade::Done;
     }
     match accepted {
-        Some(a) => TlsUpgrade::Upgraded {
-            rest: Bytes::copy_from_slice(&head[head_len..]),
-            io: TlsIo { stream, tls },
-            route: a.route,
-            identity: a.identity,
+        Some(a) => match TlsWire::new(tls) {
+            Ok(wire) => TlsUpgrade::Upgraded {
+                rest: Bytes::copy_from_slice(&head[head_len..]),
+                io: TlsIo { stream, wire },
+                route: a.route,
+                identity: a.identity,
+            },
+            Err(e) => {
+                tracing::error!(client = %peer, error = %e, "cannot take over the TLS connection after the upgrade");
+                TlsUpgrade::Failed
+            }
         },
         None => {
             // A refusal: close cleanly.
-            let fd = stream.as_raw_fd();
-            let mut w = TlsWire { tls };
-            w.finish(fd);
-            let _ = write_all(&stream, &mut w.tls, &[]).await;
+            with_cipher(|ct| {
+                if tls.encrypt(&[], true, ct).is_ok() {
+                    let _ = tls.emit(fd, ct);
+                }
+            });
+            let _ = write_all(&stream, &mut tls, &[]).await;
             TlsUpgrade::Done
         }
     }
@@ -754,26 +841,220 @@ impl Drop for HandshakePermit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::transport::native::tests::session_future_size;
+    use crate::transport::native::tests::{session_future_size, Sink};
     use crate::transport::SessionIo;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    use rustls::ClientConnection;
+    use std::io::{Read, Write};
 
     /// The session future (TLS state included, as it lives inline in the task) is part of every
-    /// idle wss session's memory: keep it small. The TLS state (about 1.1 KiB) is boxed, so this is
-    /// close to the plain native session's budget.
+    /// idle wss session's memory: keep it small. The record state is boxed, so this is close to the
+    /// plain native session's budget.
     const TLS_SESSION_FUTURE_BUDGET: usize = 448;
+
+    /// A server wire after a complete handshake with a real rustls client (in memory), and that
+    /// client. `suites`: restrict the client to these (None: rustls's defaults).
+    pub(crate) fn handshaken(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: Option<&[rustls::SupportedCipherSuite]>,
+    ) -> (TlsWire, ClientConnection) {
+        let setup = crate::tls::self_signed().expect("tls setup");
+        let pem = setup.self_signed_pem.clone().expect("self-signed pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suites) = suites {
+            provider.cipher_suites = suites.to_vec();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = "localhost".try_into().expect("name");
+        let mut client = ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut server = TlsConn::new(setup.config).expect("server");
+        for _ in 0..4 {
+            let mut c2s = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut c2s).expect("client write");
+            }
+            let mut s2c = Vec::new();
+            let r = server.feed(&mut c2s, &mut s2c, &mut |_| Ok::<(), ()>(()));
+            assert!(r.is_ok(), "server handshake failed");
+            client.read_tls(&mut &s2c[..]).expect("client read");
+            client.process_new_packets().expect("client handshake");
+        }
+        assert!(!client.is_handshaking());
+        (TlsWire::new(server).expect("take over"), client)
+    }
+
+    /// Client -> server: the records the client produced, opened by the wire; returns the
+    /// plaintext and whatever the server sealed in answer (already fed back to the client).
+    fn client_to_server(wire: &mut TlsWire, client: &mut ClientConnection) -> Vec<u8> {
+        let mut c2s = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut c2s).expect("client write");
+        }
+        let mut got = Vec::new();
+        let mut answer = Vec::new();
+        // Two halves, so a record split across reads is kept and completed.
+        let half = c2s.len() / 2;
+        let (a, b) = c2s.split_at_mut(half);
+        for part in [a, b] {
+            let r = wire.open(part, &mut answer, &mut |p: &mut [u8]| {
+                got.extend_from_slice(p);
+                Ok(())
+            });
+            assert!(r.is_ok(), "server failed to open records");
+        }
+        if !answer.is_empty() {
+            client.read_tls(&mut &answer[..]).expect("client read");
+            client
+                .process_new_packets()
+                .expect("client accepts the answer");
+        }
+        got
+    }
+
+    /// Server -> client: seal `plain`, let the client read it.
+    fn server_to_client(
+        wire: &mut TlsWire,
+        client: &mut ClientConnection,
+        plain: &[u8],
+    ) -> Vec<u8> {
+        let mut ct = Vec::new();
+        wire.rec
+            .seal(ContentType::ApplicationData, plain, &mut ct)
+            .expect("seal");
+        let mut rd = &ct[..];
+        let mut got = Vec::new();
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).expect("client read");
+            let state = client.process_new_packets().expect("client opens");
+            let mut part = vec![0u8; state.plaintext_bytes_to_read()];
+            client.reader().read_exact(&mut part).expect("plaintext");
+            got.extend_from_slice(&part);
+        }
+        got
+    }
+
+    fn exchange(wire: &mut TlsWire, client: &mut ClientConnection) {
+        client.writer().write_all(b"hello server").expect("write");
+        assert_eq!(client_to_server(wire, client), b"hello server");
+        let big = vec![7u8; 40_000]; // three records
+        client.writer().write_all(&big).expect("write");
+        assert_eq!(client_to_server(wire, client), big);
+        assert_eq!(
+            server_to_client(wire, client, b"hello client"),
+            b"hello client"
+        );
+        assert_eq!(server_to_client(wire, client, &big), big);
+    }
+
+    #[test]
+    fn records_carry_data_both_ways_on_tls13_and_tls12() {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let cases: [(&[&'static rustls::SupportedProtocolVersion], Option<Vec<_>>); 5] = [
+            (&[&rustls::version::TLS13], None),
+            (
+                &[&rustls::version::TLS13],
+                Some(vec![cs::TLS13_CHACHA20_POLY1305_SHA256]),
+            ),
+            (
+                &[&rustls::version::TLS13],
+                Some(vec![cs::TLS13_AES_128_GCM_SHA256]),
+            ),
+            (
+                &[&rustls::version::TLS12],
+                Some(vec![cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]),
+            ),
+            (
+                &[&rustls::version::TLS12],
+                Some(vec![cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256]),
+            ),
+        ];
+        for (versions, suites) in cases {
+            let (mut wire, mut client) = handshaken(versions, suites.as_deref());
+            exchange(&mut wire, &mut client);
+        }
+    }
+
+    #[test]
+    fn key_updates_both_ways() {
+        let (mut wire, mut client) = handshaken(&[&rustls::version::TLS13], None);
+        // The client updates its key and asks for ours: the next records must open with the new
+        // read key, and the client must accept our KeyUpdate and records under our new key.
+        assert_eq!(
+            server_to_client(&mut wire, &mut client, b"before"),
+            b"before"
+        );
+        client.refresh_traffic_keys().expect("key update");
+        client.writer().write_all(b"after update").expect("write");
+        assert_eq!(client_to_server(&mut wire, &mut client), b"after update");
+        // The tickets went out under the first key; the new one starts at sequence 0.
+        assert_eq!(wire.rec.tx_seq(), 0, "no KeyUpdate was sent");
+        exchange(&mut wire, &mut client);
+    }
+
+    #[test]
+    fn a_tampered_record_is_refused_with_bad_record_mac() {
+        let (mut wire, mut client) = handshaken(&[&rustls::version::TLS13], None);
+        client.writer().write_all(b"tamper with me").expect("write");
+        let mut c2s = Vec::new();
+        client.write_tls(&mut c2s).expect("client write");
+        let last = c2s.len() - 1;
+        c2s[last] ^= 1;
+        let mut answer = Vec::new();
+        let r = wire.open(&mut c2s, &mut answer, &mut |_| Ok(()));
+        let Err(RecordFail::Tls(alert, _)) = r else {
+            panic!("a tampered record was accepted");
+        };
+        assert_eq!(alert, rustls::AlertDescription::BadRecordMac);
+        wire.rec.fatal(alert, &mut answer);
+        client.read_tls(&mut &answer[..]).expect("client read");
+        let err = client
+            .process_new_packets()
+            .expect_err("the client sees the alert");
+        assert!(matches!(
+            err,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+        ));
+    }
+
+    #[test]
+    fn close_notify_both_ways() {
+        let (mut wire, mut client) = handshaken(&[&rustls::version::TLS13], None);
+        client.send_close_notify();
+        assert!(client_to_server(&mut wire, &mut client).is_empty());
+        assert!(wire.rec.peer_closed);
+        let mut ct = Vec::new();
+        wire.rec.close_notify(&mut ct).expect("close_notify");
+        client.read_tls(&mut &ct[..]).expect("client read");
+        let state = client.process_new_packets().expect("client");
+        assert!(state.peer_has_closed());
+        assert!(wire
+            .rec
+            .seal(ContentType::ApplicationData, b"x", &mut ct)
+            .is_err());
+    }
 
     #[test]
     fn tls_session_future_stays_within_budget() {
-        let setup = crate::tls::self_signed().expect("tls setup");
-        println!("TlsConn: {} bytes", std::mem::size_of::<TlsConn>());
-        let size = session_future_size(|stream, h, limits| {
-            let tls = TlsConn::new(setup.config).expect("tls conn");
-            let io = TlsIo { stream, tls };
+        let size = session_future_size(|stream, h: Sink, limits| {
+            let (wire, _client) = handshaken(&[&rustls::version::TLS13], None);
+            let io = TlsIo { stream, wire };
             std::mem::size_of_val(&io.drive(Bytes::new(), h, limits))
         });
-        println!("tls session future: {size} bytes");
+        println!(
+            "tls session future: {size} bytes; TlsWire {} B, Records {} B (boxed)",
+            std::mem::size_of::<TlsWire>(),
+            std::mem::size_of::<Records>()
+        );
         assert!(
             size <= TLS_SESSION_FUTURE_BUDGET,
             "tls session future is {size} bytes"
