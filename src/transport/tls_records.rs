@@ -56,7 +56,6 @@ pub(super) enum Fail<E> {
 /// The per-session TLS state after the upgrade (see the module docs). Boxed by its owner.
 pub(super) struct Records {
     kernel: KernelConnection<ServerConnectionData>,
-    suite: SupportedCipherSuite,
     enc: Box<dyn MessageEncrypter>,
     dec: Box<dyn MessageDecrypter>,
     tx_seq: u64,
@@ -78,7 +77,6 @@ impl Records {
             tx_seq: secrets.tx.0,
             rx_seq: secrets.rx.0,
             kernel,
-            suite,
             peer_closed: false,
             closed: false,
         })
@@ -89,8 +87,12 @@ impl Records {
         self.tx_seq
     }
 
+    fn suite(&self) -> SupportedCipherSuite {
+        self.kernel.negotiated_cipher_suite()
+    }
+
     fn tls13(&self) -> bool {
-        matches!(self.suite, SupportedCipherSuite::Tls13(_))
+        matches!(self.suite(), SupportedCipherSuite::Tls13(_))
     }
 
     /// Open the whole records at the start of `buf`: application data goes to `app` (in place, as
@@ -202,7 +204,7 @@ impl Records {
 
     fn update_rx(&mut self) -> Result<(), rustls::Error> {
         let (seq, secrets) = self.kernel.update_rx_secret()?;
-        self.dec = decrypter(self.suite, secrets)?;
+        self.dec = decrypter(self.suite(), secrets)?;
         self.rx_seq = seq;
         Ok(())
     }
@@ -211,7 +213,7 @@ impl Records {
     fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
         self.seal_one(ContentType::Handshake, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
         let (seq, secrets) = self.kernel.update_tx_secret()?;
-        self.enc = encrypter(self.suite, secrets)?;
+        self.enc = encrypter(self.suite(), secrets)?;
         self.tx_seq = seq;
         Ok(())
     }
@@ -238,7 +240,7 @@ impl Records {
         chunk: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), rustls::Error> {
-        if self.tx_seq >= confidentiality_limit(self.suite) {
+        if self.tx_seq >= confidentiality_limit(self.suite()) {
             if !self.tls13() || typ == ContentType::Handshake {
                 return Err(rustls::Error::EncryptError);
             }
