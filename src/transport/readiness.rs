@@ -209,8 +209,10 @@ async fn drive(reactor: Rc<Reactor>) {
             let outbox = unsafe { &*(ev.u64 as *const Outbox) };
             outbox.on_ready(ready);
         }
-        if n as usize == BATCH {
-            // More may be waiting: let the woken sessions run first, then drain again.
+        if n > 0 {
+            // More may come while the woken sessions run: look again after their turn, and arm the
+            // wait only once a look found nothing. Arming it (a POLL_ADD on the epoll descriptor)
+            // makes the kernel re-check every ready item, so a busy core skips it.
             super::native::yield_now().await;
             continue;
         }
