@@ -286,6 +286,10 @@ pub struct Report {
     pub dropped: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_kib_per_conn: Option<f64>,
+    /// The same at the end of the hold (after the server's heartbeat pings, if the hold outlasts
+    /// its ping interval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_kib_per_conn_end: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_latency_us: Option<LatencySummary>,
     /// Ping frames received from the server (all connections, whole run).
@@ -485,9 +489,15 @@ impl Report {
                         self.server_rss_kib.unwrap_or(0),
                         self.server_rss_kib_start.unwrap_or(0),
                         self.server_rss_kib_ready.unwrap_or(0),
-                        match self.server_rss_kib_per_conn {
-                            Some(v) => format!(", {v:.2} KiB/conn"),
-                            None => String::new(),
+                        match (
+                            self.server_rss_kib_per_conn,
+                            self.server_rss_kib_per_conn_end
+                        ) {
+                            (Some(v), Some(e)) => {
+                                format!(", {v:.2} KiB/conn when connected, {e:.2} at end")
+                            }
+                            (Some(v), None) => format!(", {v:.2} KiB/conn"),
+                            _ => String::new(),
                         }
                     ),
                 );

@@ -432,6 +432,8 @@ fn fanout_with_two_procs_and_source_ips_matches_gateway_counters() {
 #[test]
 fn idle_connects_and_holds_every_connection() {
     let gw = gateway(2);
+    // The gateway runs in this process, so its memory is this process's.
+    let me = std::process::id().to_string();
     let o = load(
         "idle",
         &format!("ws://{}", ws_addr(&gw)),
@@ -444,6 +446,8 @@ fn idle_connects_and_holds_every_connection() {
             "1",
             "--drain",
             "5",
+            "--server-pid",
+            &me,
         ],
     );
     let r = o.expect_success();
@@ -455,6 +459,9 @@ fn idle_connects_and_holds_every_connection() {
     assert_eq!(num(&r, "ops"), 200, "{}", d());
     let count = check_latency(&r, "handshake_latency_us");
     assert_eq!(count, 200, "one connect sample per connection\n{}", d());
+    for key in ["server_rss_kib_per_conn", "server_rss_kib_per_conn_end"] {
+        assert!(r[key].is_f64(), "{key} missing\n{}", d());
+    }
     let upgrades = gateway_sum(&gw, |s| s.upgrades, 200);
     assert!(
         upgrades >= 200,

@@ -354,7 +354,8 @@ pub struct LimitsConfig {
     pub shutdown_grace_ms: u64,
     /// After this many connections closed on a core (net, since its last trim), the core asks the
     /// allocator to return freed memory to the OS (mimalloc `mi_collect`, checked once a second), so
-    /// RSS comes back after a mass disconnect. 0 = never.
+    /// RSS comes back after a mass disconnect; also after a heartbeat round that pinged at least this
+    /// many sessions. 0 = never.
     pub memory_trim_after_closes: u64,
 }
 

@@ -226,7 +226,10 @@ impl Outbox {
                 inner.front_started = true;
             }
         }
-        if inner.frames.is_empty() && inner.frames.capacity() > 64 {
+        // An empty queue keeps no buffer: idle sessions are the common case (and every one of them
+        // gets a heartbeat ping now and then), and a kept buffer would cost each of them at least
+        // 128 bytes for good. Allocating it again for the next burst is cheap by comparison.
+        if inner.frames.is_empty() && inner.frames.capacity() > 0 {
             inner.frames = VecDeque::new();
         }
         (frames, sample)

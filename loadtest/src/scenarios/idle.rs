@@ -196,9 +196,13 @@ pub fn finish(r: &mut Report) {
     if connected == 0 {
         return;
     }
+    let per_conn =
+        |s: u64, at: u64| ((at as f64 - s as f64) / connected as f64 * 100.0).round() / 100.0;
     if let (Some(s), Some(rd)) = (r.server_rss_kib_start, r.server_rss_kib_ready) {
-        let delta = rd as f64 - s as f64;
-        r.server_rss_kib_per_conn = Some((delta / connected as f64 * 100.0).round() / 100.0);
+        r.server_rss_kib_per_conn = Some(per_conn(s, rd));
+    }
+    if let (Some(s), Some(end)) = (r.server_rss_kib_start, r.server_rss_kib) {
+        r.server_rss_kib_per_conn_end = Some(per_conn(s, end));
     }
     if let Some(cpu) = r.server_setup_cpu_s {
         r.server_cpu_us_per_op = Some((cpu * 1e6 / connected as f64 * 1000.0).round() / 1000.0);
