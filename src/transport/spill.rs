@@ -34,13 +34,11 @@ impl Spill {
         }
     }
 
-    #[allow(dead_code)] // used by the TLS path
     pub(crate) fn as_slice(&self) -> &[u8] {
         self.0.as_deref().map_or(&[], |v| v.as_slice())
     }
 
     /// Drop the first `n` bytes.
-    #[allow(dead_code)] // used by the TLS path
     pub(crate) fn consume(&mut self, n: usize) {
         if let Some(v) = &mut self.0 {
             if n >= v.len() {
