@@ -66,7 +66,7 @@ where
         needs_flush: false,
     };
     let mut prefix = prefix.to_vec();
-    let mut end = conn.frames.process(&mut prefix, handler).err();
+    let mut end = conn.frames.feed(&mut prefix, handler).err();
     if end.is_none() {
         end = Some(poll_fn(|cx| conn.poll_open(cx, handler)).await);
     }

@@ -95,38 +95,22 @@ impl Frames {
         self.stalled
     }
 
-    /// Feed newly received bytes (parsed in place when nothing is pending).
+    /// Feed newly received bytes (parsed in place when nothing is pending); keep the tail of an
+    /// incomplete frame.
     pub fn feed<H: Handler>(&mut self, data: &mut [u8], h: &mut H) -> Result<(), End> {
-        if self.pending.is_empty() {
-            self.process(data, h)
-        } else {
-            let mut pending = self.pending.take();
-            pending.extend_from_slice(data);
-            self.process_owned(pending, h)
-        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let r = pending.process(data, |buf| match self.dispatch(buf, h) {
+            Ok(used) => (used, Ok(())),
+            Err(end) => (0, Err(end)),
+        });
+        self.pending = pending;
+        r
     }
 
     /// Continue with what was left unparsed while the handler paused input.
     pub fn resume<H: Handler>(&mut self, h: &mut H) -> Result<(), End> {
         self.stalled = false;
-        let pending = self.pending.take();
-        self.process_owned(pending, h)
-    }
-
-    /// Parse and dispatch every whole frame in `buf`; keep a copy of the tail of an incomplete frame.
-    pub fn process<H: Handler>(&mut self, buf: &mut [u8], h: &mut H) -> Result<(), End> {
-        let used = self.dispatch(buf, h)?;
-        self.pending.extend(&buf[used..]);
-        Ok(())
-    }
-
-    /// [`Frames::process`] over bytes that were pending: the tail stays in the same allocation, so a
-    /// large frame arriving over many reads is not copied again on every read.
-    fn process_owned<H: Handler>(&mut self, mut buf: Vec<u8>, h: &mut H) -> Result<(), End> {
-        let used = self.dispatch(&mut buf, h)?;
-        buf.drain(..used);
-        self.pending.put(buf);
-        Ok(())
+        self.feed(&mut [], h)
     }
 
     /// Parse and dispatch the whole frames at the start of `buf`; returns the bytes they took.

@@ -25,6 +25,33 @@ impl Spill {
         self.0 = (!bytes.is_empty()).then(|| Box::new(bytes));
     }
 
+    /// Run `f` over the held bytes followed by `input` (over `input` in place when nothing is held).
+    /// `f` returns how many bytes it consumed; on success the rest is held (in the same allocation
+    /// when there was one, so a large unit arriving over many reads is not copied again each time),
+    /// on failure nothing is.
+    pub(crate) fn process<E>(
+        &mut self,
+        input: &mut [u8],
+        f: impl FnOnce(&mut [u8]) -> (usize, Result<(), E>),
+    ) -> Result<(), E> {
+        if self.is_empty() {
+            let (used, r) = f(input);
+            if r.is_ok() {
+                self.extend(&input[used..]);
+            }
+            r
+        } else {
+            let mut buf = self.take();
+            buf.extend_from_slice(input);
+            let (used, r) = f(&mut buf);
+            if r.is_ok() {
+                buf.drain(..used);
+                self.put(buf);
+            }
+            r
+        }
+    }
+
     /// Append `bytes`.
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
@@ -72,5 +99,30 @@ mod tests {
         s.put(v);
         s.consume(3);
         assert!(s.0.is_none());
+    }
+
+    #[test]
+    fn process_keeps_the_unconsumed_tail_only_on_success() {
+        let mut s = Spill::default();
+        let mut seen = Vec::new();
+        let r: Result<(), ()> = s.process(&mut b"abcdef".to_vec(), |b| {
+            seen = b.to_vec();
+            (4, Ok(()))
+        });
+        assert!(r.is_ok());
+        assert_eq!(seen, b"abcdef");
+        assert_eq!(s.as_slice(), b"ef");
+        let r: Result<(), ()> = s.process(&mut b"gh".to_vec(), |b| {
+            seen = b.to_vec();
+            (1, Ok(()))
+        });
+        assert!(r.is_ok());
+        assert_eq!(seen, b"efgh", "held bytes come first");
+        assert_eq!(s.as_slice(), b"fgh");
+        let r = s.process(&mut b"ij".to_vec(), |_| (0, Err(())));
+        assert!(r.is_err());
+        assert!(s.is_empty());
+        let r: Result<(), ()> = s.process(&mut b"xy".to_vec(), |_| (2, Ok(())));
+        assert!(r.is_ok() && s.0.is_none());
     }
 }

@@ -146,9 +146,9 @@ pub struct TlsConn {
     /// moved-from value (rustc #62958); behind a pointer it exists once.
     conn: Box<UnbufferedServerConnection>,
     /// Ciphertext of an incomplete record; empty (no allocation) between records.
-    incoming: Vec<u8>,
+    incoming: Spill,
     /// Ciphertext the socket refused; sent before anything else. Empty (no allocation) when idle.
-    outgoing: Vec<u8>,
+    outgoing: Spill,
     /// The peer sent close_notify.
     peer_closed: bool,
     /// We queued close_notify.
@@ -159,8 +159,8 @@ impl TlsConn {
     pub fn new(config: Arc<rustls::ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(Self {
             conn: Box::new(UnbufferedServerConnection::new(config)?),
-            incoming: Vec::new(),
-            outgoing: Vec::new(),
+            incoming: Spill::default(),
+            outgoing: Spill::default(),
             peer_closed: false,
             closed: false,
         })
@@ -174,23 +174,10 @@ impl TlsConn {
         out: &mut Vec<u8>,
         app: &mut impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), Fail<E>> {
-        if self.incoming.is_empty() {
-            let (used, r) = self.pump(input, out, app);
-            if used < input.len() && r.is_ok() {
-                self.incoming.extend_from_slice(&input[used..]);
-            }
-            r
-        } else {
-            let mut buf = std::mem::take(&mut self.incoming);
-            buf.extend_from_slice(input);
-            let (used, r) = self.pump(&mut buf, out, app);
-            if used < buf.len() && r.is_ok() {
-                buf.drain(..used);
-                buf.shrink_to_fit();
-                self.incoming = buf;
-            }
-            r
-        }
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let r = incoming.process(input, |buf| self.pump(buf, out, app));
+        self.incoming = incoming;
+        r
     }
 
     /// Run the state machine over `buf` until it needs more input. Returns the bytes consumed.
@@ -291,47 +278,47 @@ impl TlsConn {
         Err(invalid_data("TLS connection not ready for data"))
     }
 
-    /// Send `ct` after what is already pending; what the socket refuses is kept.
     fn emit(&mut self, fd: RawFd, ct: &[u8]) -> io::Result<()> {
-        if ct.is_empty() {
-            return Ok(());
-        }
-        if !self.outgoing.is_empty() {
-            self.outgoing.extend_from_slice(ct);
-            return Ok(());
-        }
-        let mut sent = 0;
-        while sent < ct.len() {
-            match sendmsg(fd, &[IoSlice::new(&ct[sent..])]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if sent < ct.len() {
-            self.outgoing.extend_from_slice(&ct[sent..]);
-        }
-        Ok(())
+        emit(&mut self.outgoing, fd, ct)
     }
 
-    /// Send pending ciphertext. `Ok(true)` = nothing is pending any more.
     fn send_pending(&mut self, fd: RawFd) -> io::Result<bool> {
-        while !self.outgoing.is_empty() {
-            match sendmsg(fd, &[IoSlice::new(&self.outgoing)]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) if n == self.outgoing.len() => self.outgoing = Vec::new(),
-                Ok(n) => {
-                    self.outgoing.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        send_pending(&mut self.outgoing, fd)
     }
+}
+
+/// Send `ct` after what `outgoing` already holds; what the socket refuses is kept there.
+fn emit(outgoing: &mut Spill, fd: RawFd, ct: &[u8]) -> io::Result<()> {
+    if !outgoing.is_empty() {
+        outgoing.extend(ct);
+        return Ok(());
+    }
+    let mut sent = 0;
+    while sent < ct.len() {
+        match sendmsg(fd, &[IoSlice::new(&ct[sent..])]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    outgoing.extend(&ct[sent..]);
+    Ok(())
+}
+
+/// Send what `outgoing` holds. `Ok(true)` = nothing is pending any more.
+fn send_pending(outgoing: &mut Spill, fd: RawFd) -> io::Result<bool> {
+    while !outgoing.is_empty() {
+        match sendmsg(fd, &[IoSlice::new(outgoing.as_slice())]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => outgoing.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// A wss session on the native path (see the module docs).
@@ -372,13 +359,10 @@ impl TlsWire {
         let mut rec = Records::new(*tls.conn)?;
         rec.peer_closed = tls.peer_closed;
         rec.closed = tls.closed;
-        let (mut incoming, mut outgoing) = (Spill::default(), Spill::default());
-        incoming.put(tls.incoming);
-        outgoing.put(tls.outgoing);
         Ok(Self(Box::new(TlsState {
             rec,
-            incoming,
-            outgoing,
+            incoming: tls.incoming,
+            outgoing: tls.outgoing,
         })))
     }
 }
@@ -391,56 +375,16 @@ impl TlsState {
         out: &mut Vec<u8>,
         app: &mut impl FnMut(&mut [u8]) -> Result<(), End>,
     ) -> Result<(), RecordFail<End>> {
-        if self.incoming.is_empty() {
-            let (used, r) = self.rec.open(input, out, app);
-            if r.is_ok() {
-                self.incoming.extend(&input[used..]);
-            }
-            r
-        } else {
-            let mut buf = self.incoming.take();
-            buf.extend_from_slice(input);
-            let (used, r) = self.rec.open(&mut buf, out, app);
-            if r.is_ok() {
-                buf.drain(..used);
-                self.incoming.put(buf);
-            }
-            r
-        }
+        let rec = &mut self.rec;
+        self.incoming.process(input, |buf| rec.open(buf, out, app))
     }
 
-    /// Send `ct` after what is already pending; what the socket refuses is kept.
     fn emit(&mut self, fd: RawFd, ct: &[u8]) -> io::Result<()> {
-        if !self.outgoing.is_empty() {
-            self.outgoing.extend(ct);
-            return Ok(());
-        }
-        let mut sent = 0;
-        while sent < ct.len() {
-            match sendmsg(fd, &[IoSlice::new(&ct[sent..])]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.outgoing.extend(&ct[sent..]);
-        Ok(())
+        emit(&mut self.outgoing, fd, ct)
     }
 
-    /// Send pending ciphertext. `Ok(true)` = nothing is pending any more.
     fn send_pending(&mut self, fd: RawFd) -> io::Result<bool> {
-        while !self.outgoing.is_empty() {
-            match sendmsg(fd, &[IoSlice::new(self.outgoing.as_slice())]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.outgoing.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        send_pending(&mut self.outgoing, fd)
     }
 }
 
@@ -685,16 +629,13 @@ impl TlsStream {
     /// Write pending ciphertext through the poll adapter.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.tls.outgoing.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.tls.outgoing) {
+            match Pin::new(&mut self.io).poll_write(cx, self.tls.outgoing.as_slice()) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.tls.outgoing.drain(..n);
-                }
+                Poll::Ready(Ok(n)) => self.tls.outgoing.consume(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.tls.outgoing = Vec::new();
         Poll::Ready(Ok(()))
     }
 
@@ -702,7 +643,7 @@ impl TlsStream {
         let tls = &mut self.tls;
         with_cipher(|ct| {
             tls.encrypt(plain, close, ct)?;
-            tls.outgoing.extend_from_slice(ct);
+            tls.outgoing.extend(ct);
             Ok(())
         })
     }
@@ -751,7 +692,7 @@ impl AsyncRead for TlsStream {
                     if r.is_err() {
                         tls.alert(ct);
                     }
-                    tls.outgoing.extend_from_slice(ct);
+                    tls.outgoing.extend(ct);
                     match r {
                         Err(Fail::Tls(e)) => Err(invalid_data(e)),
                         _ => Ok(true),
